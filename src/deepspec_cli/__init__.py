@@ -1,0 +1,1 @@
+"""The deepspec command line: a thin typer layer over deepspec_core."""

@@ -1,0 +1,35 @@
+"""Entry point of the ``deepspec`` command. Command groups are registered explicitly here."""
+
+from __future__ import annotations
+
+import typer
+
+from deepspec_cli import spec_cmd
+from deepspec_core import __version__
+
+app = typer.Typer(
+    name="deepspec",
+    help="Train and evaluate speculative-decoding draft models (Eagle3, DFlash, DSpark) for frozen target LLMs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+app.add_typer(spec_cmd.app, name="spec")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"deepspec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """deepspec: data → cache → train → eval → compare."""
+
+
+def main() -> None:
+    app()
