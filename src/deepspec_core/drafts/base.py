@@ -1,0 +1,302 @@
+"""The draft protocol shared by every algorithm: batch, loss and proposal types, the DraftModel
+base class (frozen target embedding / lm_head, trainable state), metrics, and the registry.
+
+Alignment of a sample (the contract with the cache): features at t are the target's hidden
+states after reading token t; the target distribution at t, softmax(lm_head(final_hidden[t])),
+predicts token t+1, and predicting token t+1 is supervised iff ``loss_mask[t+1]``.
+
+Decoding protocol (chain speculative decoding, one sequence per row, every row advancing by the
+same number of tokens — in practice B = 1):
+
+    draft.start(prompt_ids, prompt_aux)            # features for every prompt token
+    last = first token sampled from the target
+    loop:
+        prop = draft.propose(last, k, temperature, generator)
+        target reads [last, prop.tokens] → aux for those k+1 tokens; j drafts accepted,
+        then one corrected/bonus token y
+        draft.commit(tokens=[last, d_1..d_j], aux_hidden=their aux (j+1 rows))
+        last = y
+
+State invariant: the draft has *ingested* a prefix x_0..x_{n−1} together with the target
+features of every one of those tokens; ``last`` = x_n is committed but not yet read by the
+target. ``propose`` never changes that state (any scratch cache entries are dropped before it
+returns); ``commit`` extends it with exactly the tokens the target has read and kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from deepspec_core.errors import CheckpointError, TargetError
+from deepspec_core.registry import Registry
+
+from .layers import family_of, text_config
+
+# ---------------------------------------------------------------------------------------------
+# data types
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DraftBatch:
+    """Right-padded batch of samples. Features may be bf16; the drafts cast as they need."""
+
+    input_ids: torch.Tensor  # (B, T) int64
+    attention_mask: torch.Tensor  # (B, T) int64, 1 = real token
+    loss_mask: torch.Tensor  # (B, T) bool, token t is a supervised target
+    aux_hidden: torch.Tensor  # (B, T, K, H)
+    final_hidden: torch.Tensor  # (B, T, H) after the target's final norm
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> DraftBatch:
+        return DraftBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+
+    def pin_memory(self) -> DraftBatch:
+        return DraftBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.attention_mask.sum(-1)
+
+
+def collate_samples(samples: list[dict[str, torch.Tensor]]) -> DraftBatch:
+    """Stack samples (dicts of input_ids (T,), loss_mask (T,), aux_hidden (T,K,H), final_hidden (T,H)),
+    right-padding to the longest; padding has loss_mask False and attention_mask 0."""
+    if not samples:
+        raise ValueError("collate_samples needs at least one sample")
+    b, t = len(samples), max(int(s["input_ids"].shape[0]) for s in samples)
+    first = samples[0]
+    _, k, h = first["aux_hidden"].shape
+    ids = torch.zeros(b, t, dtype=torch.long)
+    am = torch.zeros(b, t, dtype=torch.long)
+    lm = torch.zeros(b, t, dtype=torch.bool)
+    aux = torch.zeros(b, t, k, h, dtype=first["aux_hidden"].dtype)
+    fin = torch.zeros(b, t, h, dtype=first["final_hidden"].dtype)
+    for i, s in enumerate(samples):
+        n = int(s["input_ids"].shape[0])
+        ids[i, :n] = s["input_ids"]
+        am[i, :n] = 1
+        lm[i, :n] = s["loss_mask"].bool()
+        aux[i, :n] = s["aux_hidden"]
+        fin[i, :n] = s["final_hidden"]
+    return DraftBatch(input_ids=ids, attention_mask=am, loss_mask=lm, aux_hidden=aux, final_hidden=fin)
+
+
+@dataclass
+class DraftLoss:
+    """Scalar training loss and detached metrics.
+
+    metrics always hold: ``acc_per_pos`` (k,) greedy accuracy per draft position, ``accept_per_pos``
+    (k,) expected acceptance 1 − TV per position, ``tau_greedy`` = 1 + Σ_k Π_{i≤k} correct_i and
+    ``tau_expected`` = 1 + Σ_k Π_{i≤k} (1 − TV_i) averaged over rows (Eagle3 positions, block
+    anchors) whose first prediction is supervised; an unsupervised position ends a row's chain.
+    ``rows`` / ``tokens`` count what was averaged (for weighting across processes).
+    """
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Proposal:
+    """k drafted tokens per row.
+
+    tokens (B, k) int64 target-vocabulary ids; probs (B, k) fp32 = q_i(token_i), the exact
+    probability the token was sampled with (1.0 at temperature 0); dists (B, k, V) fp32 full draft
+    distributions over the target vocabulary (None at temperature 0, where greedy verification
+    needs none); confidences (B, k) fp32 per-slot acceptance confidence (DSpark) or None.
+    """
+
+    tokens: torch.Tensor
+    probs: torch.Tensor
+    dists: torch.Tensor | None = None
+    confidences: torch.Tensor | None = None
+
+
+def block_metrics(correct: torch.Tensor, accept: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Metrics of rows × positions: correct / accept (R, k) float, valid (R, k) bool (a prefix per row)."""
+    with torch.no_grad():
+        v = valid.float()
+        per_pos = v.sum(0).clamp_min(1)
+        rows = valid[:, 0]
+        n_rows = rows.sum().clamp_min(1)
+        tau_g = 1 + torch.cumprod(correct * v, -1).sum(-1)
+        tau_e = 1 + torch.cumprod(accept * v, -1).sum(-1)
+        return {
+            "acc_per_pos": (correct * v).sum(0) / per_pos,
+            "accept_per_pos": (accept * v).sum(0) / per_pos,
+            "tau_greedy": (tau_g * rows).sum() / n_rows,
+            "tau_expected": (tau_e * rows).sum() / n_rows,
+            "rows": rows.sum().float(),
+            "tokens": v.sum(),
+        }
+
+
+def sample_from_logits(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """logits (B, V) → token (B,), its probability (B,) fp32, distribution (B, V) fp32 or None (greedy)."""
+    if temperature <= 0:
+        tok = logits.argmax(-1)
+        return tok, torch.ones(tok.shape, dtype=torch.float32, device=tok.device), None
+    dist = torch.softmax(logits.float() / temperature, dim=-1)
+    tok = torch.multinomial(dist, 1, generator=generator).squeeze(-1)
+    return tok, dist.gather(-1, tok[:, None]).squeeze(-1), dist
+
+
+# ---------------------------------------------------------------------------------------------
+# frozen target weights
+# ---------------------------------------------------------------------------------------------
+
+
+def _weight(x: torch.Tensor | nn.Module) -> torch.Tensor:
+    return x.weight if isinstance(x, nn.Module) else x
+
+
+def frozen_weights_from_model(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embedding (V, H), lm_head (V, H)) of a loaded target, shared (no copy)."""
+    try:
+        from deepspec_core.targets import hf
+
+        embed, head = hf.get_embed_tokens(model), hf.get_lm_head(model)
+    except (ImportError, AttributeError):
+        embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    return _weight(embed).detach(), _weight(head).detach()
+
+
+def load_frozen_weights(target_dir: str | Path, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read only the embedding and lm_head of a target checkpoint directory (safetensors).
+
+    A tied lm_head (no ``lm_head.weight`` stored) returns the embedding tensor twice.
+    """
+    from safetensors import safe_open
+
+    files = sorted(Path(target_dir).glob("*.safetensors"))
+    if not files:
+        raise TargetError(f"no *.safetensors in {target_dir}", "point target.model at a Hugging Face checkpoint directory")
+    found: dict[str, torch.Tensor] = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if key.endswith("embed_tokens.weight") and "embed" not in found and "per_layer" not in key:
+                    found["embed"] = f.get_tensor(key)
+                elif key.endswith("lm_head.weight"):
+                    found["head"] = f.get_tensor(key)
+    if "embed" not in found:
+        raise TargetError(f"{target_dir} has no '*embed_tokens.weight' tensor", "is this a causal LM checkpoint?")
+    embed = found["embed"]
+    head = found.get("head", embed)
+    if dtype is not None:
+        embed, head = embed.to(dtype), (head.to(dtype) if head is not found["embed"] else embed.to(dtype))
+    return embed, head
+
+
+# ---------------------------------------------------------------------------------------------
+# the DraftModel base class
+# ---------------------------------------------------------------------------------------------
+
+FROZEN_PREFIXES = ("embed_tokens.", "target_head.")
+
+
+class DraftModel(nn.Module):
+    """Base of every draft. Subclasses set ``algo`` and implement forward_train / start / propose / commit.
+
+    The target's embedding (``embed_tokens``) and lm_head (``target_head``) are shared frozen
+    tensors: they are excluded from :meth:`trainable_state_dict` and checkpoints. Gemma-family
+    embeddings are scaled by sqrt(H) as in the target; a final-logit softcap is applied likewise.
+    """
+
+    algo: ClassVar[str] = ""
+
+    def __init__(self, draft_spec, target_spec, target_config, embed_weight, lm_head_weight):
+        super().__init__()
+        self.spec = draft_spec
+        cfg = text_config(target_config)
+        self.target_config = cfg
+        self.family = family_of(target_config)
+        self.hidden_size = cfg.hidden_size
+        self.vocab_size = int(_weight(embed_weight).shape[0])
+        self.layer_ids = list(target_spec.layer_ids)
+        self.mask_token_id = target_spec.mask_token_id
+        self.embed_tokens = nn.Embedding.from_pretrained(_weight(embed_weight).detach(), freeze=True)
+        self.target_head = nn.Linear(self.hidden_size, self.vocab_size, bias=False)
+        self.target_head.weight = nn.Parameter(_weight(lm_head_weight).detach(), requires_grad=False)
+        self.embed_scale = float(cfg.hidden_size) ** 0.5 if cfg.model_type.startswith("gemma") else 1.0
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+
+    @classmethod
+    def from_spec(cls, draft_spec, target_spec, target_config, embed_weight, lm_head_weight) -> DraftModel:
+        return cls(draft_spec, target_spec, target_config, embed_weight, lm_head_weight)
+
+    # -- shared helpers ------------------------------------------------------------------------
+    @property
+    def param_dtype(self) -> torch.dtype:
+        return next(p for p in self.parameters() if p.requires_grad).dtype
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return (self.embed_tokens(ids) * self.embed_scale).to(self.param_dtype)
+
+    def head_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Frozen target lm_head (with the target's softcap) applied to draft hidden states."""
+        w = self.target_head.weight
+        logits = torch.nn.functional.linear(h.to(w.dtype), w)
+        if self.softcap:
+            logits = self.softcap * torch.tanh(logits.float() / self.softcap)
+        return logits
+
+    # -- trainable state ----------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything but the frozen target embedding / lm_head (parameters and persistent buffers)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        bad = [k for k in state if k.startswith(FROZEN_PREFIXES)]
+        if bad:
+            raise CheckpointError(f"checkpoint holds frozen target weights {bad[:2]}", "save with trainable_state_dict()")
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(FROZEN_PREFIXES)]
+        if strict and (missing or unexpected):
+            raise CheckpointError(
+                f"draft checkpoint does not match the {self.algo} model: missing {missing[:3]}, unexpected {unexpected[:3]}",
+                "was it trained with a different draft spec (layers, vocab, heads)?",
+            )
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # -- protocol -------------------------------------------------------------------------------
+    def forward_train(self, batch: DraftBatch) -> DraftLoss:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, batch: DraftBatch) -> DraftLoss:
+        # DDP/FSDP wrap ``forward``; training calls the model like a function.
+        return self.forward_train(batch)
+
+    def start(self, input_ids: torch.Tensor, aux_hidden: torch.Tensor) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def propose(self, last_token: torch.Tensor, k: int, temperature: float = 0.0,
+                generator: torch.Generator | None = None) -> Proposal:  # pragma: no cover
+        raise NotImplementedError
+
+    def commit(self, tokens: torch.Tensor, aux_hidden: torch.Tensor) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def max_proposal(self) -> int | None:
+        """Most tokens one ``propose`` can return (block drafters), None when unbounded (Eagle3)."""
+        return None
+
+
+DRAFTS: Registry[type[DraftModel]] = Registry("draft algorithm")
+
+
+def build_draft(spec: Any, target_config, embed_tokens, lm_head) -> DraftModel:
+    """The draft for ``spec.draft.algo`` (a RunSpec), sharing the given frozen target tensors/modules."""
+    from . import dflash, dspark, eagle3  # noqa: F401  (registration)
+
+    cls = DRAFTS.get(spec.draft.algo)
+    return cls.from_spec(spec.draft, spec.target, target_config, _weight(embed_tokens), _weight(lm_head))

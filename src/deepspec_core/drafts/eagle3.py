@@ -1,0 +1,239 @@
+"""Eagle3: an autoregressive drafter on fused target features, trained with training-time test.
+
+Input at position t: concat(embed(x_{t+1}), h_t) of width 2H, where h_t = fc(concat of the K
+captured layers) is normalised by the first layer's ``hidden_norm`` and the embedding by its
+``input_layernorm``; the residual stream starts from h_t. Output g_t → norm → lm_head predicts
+x_{t+2}, i.e. matches the target distribution at t+1.
+
+Training-time test (TTT) unrolls ``ttt_length`` steps. Step i feeds, at position t, embed(x_{t+1+i})
+and the draft's own step-(i−1) output g_t, at rope position t+i (the position the token has at
+decode time). Its keys/values are appended to those of earlier steps; position t at step i sees
+step-0 keys at positions ≤ t (causal, computed from real features) and its own entries of steps
+1..i (the diagonal) — exactly what the draft sees while decoding i tokens ahead. Loss:
+Σ_i step_decay**i · soft-CE(draft, target distribution at t+1+i), each a mean over supervised
+positions (token x_{t+2+i} in the loss mask, and every earlier step's too).
+
+Reduced draft vocabulary (``draft_vocab_size``): the Vd most frequent target tokens of the
+training data (:func:`build_vocab_mapping`); ``d2t[i]`` is the offset so target id = i + d2t[i],
+``t2d`` the boolean mask over the target vocabulary. The draft lm_head is then a *trainable*
+(Vd, H) matrix initialised from the target's rows (a small head can specialise; it is saved in
+checkpoints with d2t/t2d). With the full vocabulary the frozen target lm_head is used. Proposals
+always carry token ids and distributions over the full target vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from deepspec_core import losses
+from deepspec_core.errors import DataError
+
+from .base import DRAFTS, DraftBatch, DraftLoss, DraftModel, Proposal, block_metrics, sample_from_logits
+from .layers import DraftLayer, FeatureFusion, Rotary, cat_kv, draft_layer_config
+
+
+def build_vocab_mapping(token_counts: torch.Tensor, draft_vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d2t (Vd,) int64 offsets, t2d (V,) bool) keeping the ``draft_vocab_size`` most frequent tokens.
+
+    Ties break towards the smaller id; draft ids follow target-id order, so d2t is non-decreasing.
+    """
+    counts = token_counts.flatten().double()
+    v = counts.numel()
+    if not 0 < draft_vocab_size <= v:
+        raise DataError(f"draft vocabulary of {draft_vocab_size} tokens does not fit a vocabulary of {v}",
+                        "set draft.draft_vocab_size between 1 and the target vocabulary size")
+    # Stable sort on −count keeps smaller ids first among equal counts.
+    order = torch.sort(-counts, stable=True).indices[:draft_vocab_size]
+    keep = torch.sort(order).values
+    t2d = torch.zeros(v, dtype=torch.bool)
+    t2d[keep] = True
+    d2t = keep - torch.arange(draft_vocab_size)
+    return d2t.long(), t2d
+
+
+@DRAFTS.register("eagle3")
+class Eagle3Draft(DraftModel):
+    algo = "eagle3"
+
+    def __init__(self, draft_spec, target_spec, target_config, embed_weight, lm_head_weight):
+        super().__init__(draft_spec, target_spec, target_config, embed_weight, lm_head_weight)
+        h, fam = self.hidden_size, self.family
+        self.layer_config = cfg = draft_layer_config(target_config, draft_spec.num_layers, draft_spec.intermediate_size)
+        eps = getattr(cfg, "rms_norm_eps", 1e-6)
+        self.fusion = FeatureFusion(fam, len(self.layer_ids), h, eps, norm=False)
+        self.hidden_norm = fam.rms_norm(h, eps=eps)
+        self.layers = nn.ModuleList(
+            [DraftLayer(fam, cfg, i, in_features=2 * h if i == 0 else None) for i in range(draft_spec.num_layers)]
+        )
+        self.norm = fam.rms_norm(h, eps=eps)
+        self.rotary = Rotary(fam, cfg)
+        vd = draft_spec.draft_vocab_size
+        self.draft_head: nn.Linear | None = None
+        if vd is not None and vd < self.vocab_size:
+            self.draft_head = nn.Linear(h, vd, bias=False)
+            self.register_buffer("d2t", torch.zeros(vd, dtype=torch.long))
+            t2d = torch.zeros(self.vocab_size, dtype=torch.bool)
+            t2d[:vd] = True
+            self.register_buffer("t2d", t2d)
+            self._init_draft_head()
+        self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._pending: torch.Tensor | None = None
+        self._n = 0
+
+    # -- vocabulary ---------------------------------------------------------------------------
+    @property
+    def draft_ids(self) -> torch.Tensor | None:
+        """Target ids of the draft vocabulary (Vd,), None with the full vocabulary."""
+        if self.draft_head is None:
+            return None
+        return torch.arange(self.d2t.numel(), device=self.d2t.device) + self.d2t
+
+    def set_vocab_mapping(self, d2t: torch.Tensor, t2d: torch.Tensor, init_head: bool = True) -> None:
+        """Install a mapping from :func:`build_vocab_mapping`; re-initialise the head from the target rows."""
+        if self.draft_head is None:
+            raise DataError("this Eagle3 draft uses the full vocabulary", "set draft.draft_vocab_size to use a mapping")
+        if d2t.shape != self.d2t.shape or t2d.shape != self.t2d.shape:
+            raise DataError(f"vocab mapping shapes {tuple(d2t.shape)}/{tuple(t2d.shape)} do not match "
+                            f"{tuple(self.d2t.shape)}/{tuple(self.t2d.shape)}", "rebuild it with the same sizes")
+        self.d2t.copy_(d2t)
+        self.t2d.copy_(t2d)
+        if init_head:
+            self._init_draft_head()
+
+    @torch.no_grad()
+    def _init_draft_head(self) -> None:
+        if self.draft_head.weight.is_meta:
+            return
+        w = self.target_head.weight[self.draft_ids.to(self.target_head.weight.device)]
+        self.draft_head.weight.copy_(w.to(self.draft_head.weight.dtype))
+
+    def _logits(self, g: torch.Tensor) -> torch.Tensor:
+        """Draft logits (…, Vd or V) of layer outputs g (…, H)."""
+        x = self.norm(g)
+        return self.draft_head(x) if self.draft_head is not None else self.head_logits(x)
+
+    # -- one draft forward over Q positions ----------------------------------------------------
+    def _step(self, emb, hidden, rope, mask, prefix):
+        """emb/hidden (B, Q, H) → (output (B, Q, H), each layer's new (k, v))."""
+        first = self.layers[0]
+        a = torch.cat([first.input_norm(emb), self.hidden_norm(hidden)], dim=-1)
+        x, kv = first(hidden, rope, mask, None if prefix is None else prefix[0], attn_input=a)
+        kvs = [kv]
+        for i, layer in enumerate(self.layers[1:], start=1):
+            x, kv = layer(x, rope, mask, None if prefix is None else prefix[i])
+            kvs.append(kv)
+        return x, kvs
+
+    # -- training -------------------------------------------------------------------------------
+    def forward_train(self, batch: DraftBatch) -> DraftLoss:
+        ids, lm = batch.input_ids, batch.loss_mask.bool()
+        b, t = ids.shape
+        dev = ids.device
+        steps = self.spec.ttt_length
+        pos = torch.arange(t, device=dev)
+        lengths = batch.attention_mask.sum(-1, keepdim=True)  # (B, 1)
+        fused = self.fusion(batch.aux_hidden)  # (B, T, H)
+
+        # valid[:, :, i]: the step-i prediction at t (token t+2+i) is supervised, as are all before it.
+        label = (pos[None, :, None] + 2 + torch.arange(steps, device=dev)).expand(b, t, steps)  # (B, T, S)
+        in_range = label < lengths[..., None]
+        sup = lm.gather(1, label.clamp(max=t - 1).reshape(b, -1)).view(b, t, steps)
+        valid = torch.cumprod((in_range & sup).long(), -1).bool()
+
+        causal = pos[:, None] >= pos[None, :]
+        diag = torch.eye(t, dtype=torch.bool, device=dev)
+        hidden, prefix = fused, None
+        correct, accept, loss = [], [], fused.new_zeros((), dtype=torch.float32)
+        weights = losses.step_weights(steps, self.spec.step_decay)
+        for i in range(steps):
+            in_ids = ids.gather(1, (pos + 1 + i).clamp(max=t - 1)[None].expand(b, t))
+            rope = self.rotary(hidden, (pos + i)[None].expand(b, t))
+            mask = torch.cat([causal] + [diag] * i, dim=1)[None, None]  # (1, 1, T, (i+1)T)
+            out, kvs = self._step(self.embed(in_ids), hidden, rope, mask, prefix)
+            prefix = cat_kv(prefix, kvs)
+            rows = valid[:, :, i].reshape(-1).nonzero().squeeze(-1)  # only supervised rows cost vocab work
+            tgt = batch.final_hidden.gather(
+                1, (pos + 1 + i).clamp(max=t - 1)[None, :, None].expand(b, t, self.hidden_size)
+            ).reshape(-1, self.hidden_size)
+            terms = losses.vocab_terms(
+                self._logits, (out.reshape(-1, self.hidden_size)[rows],), tgt[rows], self.target_head.weight,
+                want=("soft_ce", "tv", "correct"), grad_terms=("soft_ce",), draft_ids=self.draft_ids,
+                softcap=self.softcap,
+            )
+            loss = loss + float(weights[i]) * terms["soft_ce"].sum() / max(1, rows.numel())
+            c = torch.zeros(b * t, device=dev)
+            a = torch.zeros(b * t, device=dev)
+            c[rows], a[rows] = terms["correct"], 1.0 - terms["tv"].detach()
+            correct.append(c)
+            accept.append(a)
+            hidden = out
+        metrics = block_metrics(torch.stack(correct, -1), torch.stack(accept, -1), valid.reshape(b * t, steps))
+        metrics["loss"] = loss.detach()
+        return DraftLoss(loss=loss, metrics=metrics)
+
+    # -- decoding -------------------------------------------------------------------------------
+    def _extend(self, next_ids: torch.Tensor, hidden: torch.Tensor) -> None:
+        """Append m positions (inputs embed(next_ids) (B, m) and fused features (B, m, H)) to the cache."""
+        m = next_ids.shape[1]
+        if m == 0:
+            return
+        past = 0 if self._kv is None else self._kv[0][0].shape[2]
+        pos = torch.arange(past, past + m, device=hidden.device)
+        rope = self.rotary(hidden, pos[None].expand(hidden.shape[0], m))
+        mask = (torch.arange(past + m, device=hidden.device)[None, :] <= pos[:, None])[None, None]
+        _, kvs = self._step(self.embed(next_ids), hidden, rope, mask, self._kv)
+        self._kv = cat_kv(self._kv, kvs)
+
+    @torch.no_grad()
+    def start(self, input_ids: torch.Tensor, aux_hidden: torch.Tensor) -> None:
+        """Reset and ingest a prompt: input_ids (B, n) with their target features aux_hidden (B, n, K, H).
+
+        After it: the cache holds positions 0..n−2 (position t reads x_{t+1} and h_t); h_{n−1}
+        waits for the next token, which ``propose`` receives as ``last_token``.
+        """
+        self._kv, self._n = None, 0
+        fused = self.fusion(aux_hidden)
+        self._extend(input_ids[:, 1:], fused[:, :-1])
+        self._pending, self._n = fused[:, -1:], input_ids.shape[1]
+
+    @torch.no_grad()
+    def commit(self, tokens: torch.Tensor, aux_hidden: torch.Tensor) -> None:
+        """Ingest tokens the target has read and kept: tokens (B, m) = [last_token, accepted drafts]
+        with their target features aux_hidden (B, m, K, H). The cache then covers positions up to
+        n+m−2 and the features of the newest token wait for the next ``last_token``.
+        """
+        fused = self.fusion(aux_hidden)
+        hidden = torch.cat([self._pending, fused[:, :-1]], dim=1)
+        self._extend(tokens, hidden)
+        self._pending, self._n = fused[:, -1:], self._n + tokens.shape[1]
+
+    @torch.no_grad()
+    def propose(self, last_token: torch.Tensor, k: int, temperature: float = 0.0,
+                generator: torch.Generator | None = None) -> Proposal:
+        """Draft k tokens after ``last_token`` (B,). The draft's own scratch entries are dropped on return."""
+        if self._pending is None:
+            raise RuntimeError("call start() before propose()")
+        b = last_token.shape[0]
+        kv, hidden, tok = self._kv, self._pending, last_token.view(b, 1)
+        past = 0 if kv is None else kv[0][0].shape[2]
+        ids = self.draft_ids
+        tokens, probs, dists = [], [], []
+        for i in range(k):
+            pos = torch.full((b, 1), past + i, device=hidden.device)
+            mask = torch.ones(1, 1, 1, past + i + 1, dtype=torch.bool, device=hidden.device)
+            out, kvs = self._step(self.embed(tok), hidden, self.rotary(hidden, pos), mask, kv)
+            kv = cat_kv(kv, kvs)
+            idx, p, dist = sample_from_logits(self._logits(out[:, 0]), temperature, generator)
+            tok = (idx if ids is None else ids[idx]).view(b, 1)
+            if dist is not None and ids is not None:
+                dist = dist.new_zeros(b, self.vocab_size).index_copy_(1, ids, dist)
+            tokens.append(tok[:, 0])
+            probs.append(p)
+            dists.append(dist)
+            hidden = out
+        return Proposal(
+            tokens=torch.stack(tokens, 1),
+            probs=torch.stack(probs, 1),
+            dists=None if temperature <= 0 else torch.stack(dists, 1),
+        )

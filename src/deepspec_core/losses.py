@@ -1,0 +1,165 @@
+"""Pure, unreduced loss functions over the vocabulary, and a chunked driver that bounds memory.
+
+Conventions (all functions):
+- rows are independent predictions; every function returns one value per row, no reduction;
+- softmaxes run in fp32 whatever the input dtype, so bf16 logits give the same loss as fp32 ones;
+- ``total_variation`` is TV = ½‖p − q‖₁ ∈ [0, 1] (so 1 − TV = Σ min(p, q) is the probability that
+  rejection sampling accepts a draft token). The DSpark loss term is the L1 form ‖p − q‖₁ = 2·TV,
+  as in the paper's loss formula; the drafts say which form they use.
+
+These are the eager twins of the Triton kernels in ``deepspec_kernels``.
+
+Memory: at Qwen3-4B shapes a [rows, V] fp32 tensor is 3584 × 151936 × 4 B = 2.18 GB. The block
+drafters therefore never build the logits of all rows at once: :func:`vocab_terms` computes the
+logits of ``chunk_rows`` rows at a time inside ``torch.utils.checkpoint``, so the forward keeps only
+per-row scalars and the backward recomputes one chunk's logits at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+DEFAULT_CHUNK_ROWS = 512
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """−Σ_v p(v) log q(v) with p = softmax(target_logits), q = softmax(logits). (N, V) → (N,)."""
+    logq = F.log_softmax(logits.float(), dim=-1)
+    p = F.softmax(target_logits.float(), dim=-1)
+    return -(p * logq).sum(-1)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """−log q(target) per row; rows whose target is ``ignore_index`` give 0. (N, V), (N,) → (N,)."""
+    return F.cross_entropy(logits.float(), targets, ignore_index=ignore_index, reduction="none")
+
+
+def total_variation(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """½‖softmax(logits) − softmax(target_logits)‖₁ per row, in [0, 1]. (N, V) → (N,)."""
+    q = F.softmax(logits.float(), dim=-1)
+    p = F.softmax(target_logits.float(), dim=-1)
+    return 0.5 * (q - p).abs().sum(-1)
+
+
+def bce_towards(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of σ(logits) towards a soft target in [0, 1] (not differentiated). (N,) → (N,)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), target.detach().float().clamp(0, 1), reduction="none")
+
+
+def position_weights(block: int, decay: float, device: torch.device | str | None = None) -> torch.Tensor:
+    """w_k = exp(−(k−1)/decay) for slots k = 1..block (so w_1 = 1). → (block,) fp32."""
+    return torch.exp(-torch.arange(block, dtype=torch.float32, device=device) / decay)
+
+
+def step_weights(steps: int, decay: float, device: torch.device | str | None = None) -> torch.Tensor:
+    """Eagle3 training-time-test weights decay**i for steps i = 0..steps−1. → (steps,) fp32."""
+    return torch.tensor([decay**i for i in range(steps)], dtype=torch.float32, device=device)
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ w·x / Σ w, 0 when every weight is 0 (an all-padding micro-batch must not give NaN)."""
+    w = weights.float()
+    return (values.float() * w).sum() / w.sum().clamp_min(1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# chunked driver
+# ---------------------------------------------------------------------------------------------
+
+TERMS = ("soft_ce", "ce", "tv", "correct")
+
+
+def _terms_of_chunk(
+    draft_logits_fn: Callable[..., torch.Tensor],
+    target_weight: torch.Tensor,
+    want: tuple[str, ...],
+    grad_terms: tuple[str, ...],
+    softcap: float | None,
+    draft_ids: torch.Tensor | None,
+    target_hidden: torch.Tensor,
+    labels: torch.Tensor | None,
+    *draft_inputs: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    q_logits = draft_logits_fn(*draft_inputs).float()  # (c, Vd)
+    with torch.no_grad():
+        p_logits = F.linear(target_hidden.to(target_weight.dtype), target_weight).float()  # (c, V)
+        if softcap:
+            p_logits = softcap * torch.tanh(p_logits / softcap)
+        p_full = F.softmax(p_logits, dim=-1)
+        # With a reduced draft vocabulary q lives on draft_ids; p is compared on the same ids.
+        p_on_draft = p_full if draft_ids is None else p_full[:, draft_ids]
+    out = []
+    for name in want:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and name in grad_terms):
+            if name == "soft_ce":
+                # Reduced vocabulary: the target restricted to the draft ids and renormalised.
+                p_logits_d = p_logits if draft_ids is None else p_logits[:, draft_ids]
+                out.append(soft_cross_entropy(q_logits, p_logits_d))
+            elif name == "ce":
+                assert labels is not None, "the 'ce' term needs labels"
+                out.append(cross_entropy(q_logits, labels))
+            elif name == "tv":
+                q = F.softmax(q_logits, dim=-1)
+                # Σ_v min(p, q) over the draft ids is exact: q is 0 off them.
+                out.append(1.0 - torch.minimum(q, p_on_draft).sum(-1))
+            elif name == "correct":
+                top = q_logits.argmax(-1)
+                top = top if draft_ids is None else draft_ids[top]
+                out.append((top == p_full.argmax(-1)).float())
+            else:
+                raise ValueError(f"unknown loss term {name!r}; choose from {TERMS}")
+    return tuple(out)
+
+
+def vocab_terms(
+    draft_logits_fn: Callable[..., torch.Tensor],
+    draft_inputs: tuple[torch.Tensor, ...],
+    target_hidden: torch.Tensor,
+    target_weight: torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+    want: tuple[str, ...] = ("soft_ce", "tv", "correct"),
+    grad_terms: tuple[str, ...] = ("soft_ce",),
+    draft_ids: torch.Tensor | None = None,
+    softcap: float | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> dict[str, torch.Tensor]:
+    """Per-row loss terms of N rows, computed ``chunk_rows`` rows at a time.
+
+    draft_logits_fn(*row_inputs) maps a chunk of ``draft_inputs`` (each (N, ·)) to draft logits
+    (c, Vd); the target logits are ``target_hidden`` (N, H) @ ``target_weight``ᵀ (V, H), computed
+    without gradient. ``draft_ids`` (Vd,) are the target ids of the draft vocabulary when it is
+    reduced. ``labels`` (N,) are target token ids for the hard CE (−100 = ignore; with a reduced
+    vocabulary pass draft ids). Terms: soft_ce (against the target distribution), ce (against
+    labels), tv (½‖q − p‖₁ with p over the full target vocabulary), correct (draft argmax ==
+    target argmax, as float). Only ``grad_terms`` carry gradients. Returns {term: (N,) fp32}.
+    """
+    n = target_hidden.shape[0]
+    chunk_rows = max(1, chunk_rows)
+    need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in draft_inputs)
+    results: dict[str, list[torch.Tensor]] = {name: [] for name in want}
+    for start in range(0, n, chunk_rows):
+        sl = slice(start, min(n, start + chunk_rows))
+        args = (
+            draft_logits_fn, target_weight, want, grad_terms, softcap, draft_ids,
+            target_hidden[sl], None if labels is None else labels[sl], *(x[sl] for x in draft_inputs),
+        )
+        if need_grad:
+            outs = checkpoint(_terms_of_chunk, *args, use_reentrant=False)
+        else:
+            outs = _terms_of_chunk(*args)
+        for name, value in zip(want, outs, strict=True):
+            results[name].append(value)
+    if n == 0:
+        return {name: target_hidden.new_zeros(0, dtype=torch.float32) for name in want}
+    return {name: torch.cat(vals) for name, vals in results.items()}
+
+
+__all__ = [
+    "soft_cross_entropy", "cross_entropy", "total_variation", "bce_towards", "position_weights",
+    "step_weights", "weighted_mean", "vocab_terms", "DEFAULT_CHUNK_ROWS",
+]
