@@ -1,0 +1,278 @@
+"""Put several drafts' evaluation results side by side, like for like.
+
+Inputs are ``results.json`` files, evaluation directories holding one, or run directories (their
+newest ``eval/<step>/results.json``). Results whose protocols differ in anything that moves τ are
+refused with the list of differences unless the caller allows it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from deepspec_core.errors import DataError
+from deepspec_core.eval.metrics import EvalResults
+from deepspec_core.io import atomic_write_json, atomic_write_text
+
+DOMAINS = ("math", "code", "chat")
+# Protocol fields that change τ: a difference in any of them makes numbers incomparable.
+_PROTOCOL_KEYS = ("target", "target_revision", "temperature", "thinking", "max_new_tokens", "chat_template_hash")
+
+
+@dataclass
+class Entry:
+    name: str
+    path: Path
+    result: EvalResults
+
+
+@dataclass
+class Comparison:
+    entries: list[Entry]
+    baseline: str
+    benchmarks: list[str]  # rows, grouped by domain
+    domains: dict[str, list[str]]  # domain → benchmarks present
+    tau: dict[str, dict[str, float]]  # row (benchmark, domain mean or "macro") → draft → τ
+    speedup: dict[str, dict[str, float]]  # same rows, where measured
+    mismatches: list[str] = field(default_factory=list)
+
+    def gain(self, row: str, name: str) -> float | None:
+        base = self.tau.get(row, {}).get(self.baseline)
+        value = self.tau.get(row, {}).get(name)
+        return None if base in (None, 0) or value is None else value / base - 1.0
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def _step_of(path: Path) -> int:
+    m = re.search(r"(\d+)$", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def find_results(path: Path) -> Path:
+    """A results.json, a directory holding one, or a run directory's newest eval/<step>/results.json."""
+    path = path.expanduser()
+    if path.is_file():
+        return path
+    if (path / "results.json").is_file():
+        return path / "results.json"
+    evals = sorted((p for p in (path / "eval").glob("*/results.json")), key=lambda p: _step_of(p.parent))
+    if evals:
+        return evals[-1]
+    raise DataError(f"no results.json in {path}", "run `deepspec eval --draft RUN` first, or pass a results.json")
+
+
+def _draft_name(result: EvalResults, fallback: str) -> str:
+    draft = Path(result.protocol.draft)
+    name = draft.parent.name if draft.name.startswith("step_") or draft.name == "step_latest" else draft.name
+    return name or fallback
+
+
+def load_entries(paths: list[str | Path]) -> list[Entry]:
+    entries: list[Entry] = []
+    for raw in paths:
+        file = find_results(Path(raw))
+        try:
+            result = EvalResults.model_validate(json.loads(file.read_text()))
+        except (json.JSONDecodeError, ValidationError) as err:
+            first = str(err).splitlines()[0]
+            raise DataError(f"{file} is not a deepspec results.json: {first}", "regenerate it with `deepspec eval`") from err
+        name = _draft_name(result, result.protocol.algorithm)
+        taken = {e.name for e in entries}
+        if name in taken:  # two runs with one name: disambiguate by algorithm, then by position
+            name = f"{name}-{result.protocol.algorithm}" if f"{name}-{result.protocol.algorithm}" not in taken else f"{name}-{len(entries)}"
+        entries.append(Entry(name, file, result))
+    if not entries:
+        raise DataError("nothing to compare", "pass results.json files, eval directories or run directories")
+    return entries
+
+
+def protocol_differences(entries: list[Entry]) -> list[str]:
+    """Human-readable differences of the τ-relevant protocol fields against the first entry."""
+    ref = entries[0]
+    diffs: list[str] = []
+
+    def bench_map(e: Entry) -> dict[str, tuple[int, str]]:
+        return {b.name: (b.samples, b.content_hash) for b in e.result.protocol.benchmarks}
+
+    for e in entries[1:]:
+        for key in _PROTOCOL_KEYS:
+            a, b = getattr(ref.result.protocol, key), getattr(e.result.protocol, key)
+            if a != b:
+                diffs.append(f"{key}: {ref.name}={a!r} vs {e.name}={b!r}")
+        ra, rb = bench_map(ref), bench_map(e)
+        if set(ra) != set(rb):
+            diffs.append(f"benchmarks: {ref.name}={sorted(ra)} vs {e.name}={sorted(rb)}")
+        for name in sorted(set(ra) & set(rb)):
+            if ra[name][0] != rb[name][0]:
+                diffs.append(f"{name} samples: {ref.name}={ra[name][0]} vs {e.name}={rb[name][0]}")
+            elif ra[name][1] != rb[name][1]:
+                diffs.append(f"{name} prompts differ (content hash {ra[name][1]} vs {rb[name][1]})")
+    return diffs
+
+
+# -- the comparison ------------------------------------------------------------------------------
+
+
+def build_comparison(entries: list[Entry], baseline: str | None = None, allow_protocol_mismatch: bool = False) -> Comparison:
+    diffs = protocol_differences(entries)
+    if diffs and not allow_protocol_mismatch:
+        raise DataError(
+            "results were measured under different protocols: " + "; ".join(diffs),
+            "evaluate them alike, or pass --allow-protocol-mismatch to compare anyway",
+        )
+    names = [e.name for e in entries]
+    if baseline is None:
+        baseline = names[0]
+    elif baseline not in names:
+        raise DataError(f"--baseline {baseline!r} is not one of the drafts", f"choose one of: {', '.join(names)}")
+
+    domain_of: dict[str, str] = {}
+    for e in entries:
+        for b in e.result.protocol.benchmarks:
+            domain_of.setdefault(b.name, b.domain)
+    benchmarks = sorted(domain_of, key=lambda b: (DOMAINS.index(domain_of[b]) if domain_of[b] in DOMAINS else 99, b))
+    domains = {d: [b for b in benchmarks if domain_of[b] == d] for d in dict.fromkeys(domain_of[b] for b in benchmarks)}
+
+    tau: dict[str, dict[str, float]] = {}
+    speed: dict[str, dict[str, float]] = {}
+    for e in entries:
+        for b, r in e.result.benchmarks.items():
+            tau.setdefault(b, {})[e.name] = r.tau
+            if r.speed is not None:
+                speed.setdefault(b, {})[e.name] = r.speed.speedup
+        for d, members in domains.items():
+            vals = [e.result.benchmarks[b].tau for b in members if b in e.result.benchmarks]
+            if vals:
+                tau.setdefault(f"{d} mean", {})[e.name] = sum(vals) / len(vals)
+        tau.setdefault("macro", {})[e.name] = e.result.macro.tau
+        if e.result.macro.speedup is not None:
+            speed.setdefault("macro", {})[e.name] = e.result.macro.speedup
+    return Comparison(entries, baseline, benchmarks, domains, tau, speed, diffs)
+
+
+def rows(c: Comparison) -> list[str]:
+    return [*c.benchmarks, *(f"{d} mean" for d in c.domains), "macro"]
+
+
+# -- reports -------------------------------------------------------------------------------------
+
+
+def _fmt_gain(g: float | None) -> str:
+    return "" if g is None else f"{g:+.1%}"
+
+
+def markdown_report(c: Comparison) -> str:
+    names = [e.name for e in c.entries]
+    p = c.entries[0].result.protocol
+    lines = [
+        "# deepspec compare",
+        "",
+        f"Target `{p.target}`, temperature {p.temperature}, thinking {'on' if p.thinking else 'off'}, "
+        f"max new tokens {p.max_new_tokens}; τ counts the bonus token. Baseline: **{c.baseline}**.",
+        "",
+        "| benchmark | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for row in rows(c):
+        cells = []
+        for n in names:
+            v = c.tau.get(row, {}).get(n)
+            gain = "" if n == c.baseline else _fmt_gain(c.gain(row, n))
+            cells.append("–" if v is None else f"{v:.2f}" + (f" ({gain})" if gain else ""))
+        label = f"**{row}**" if row == "macro" or row.endswith(" mean") else row
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if c.speedup:
+        lines += ["", "Speedup over target-only decoding (same process, same prompts and lengths):", "",
+                  "| benchmark | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for row in [r for r in rows(c) if r in c.speedup]:
+            cells = [f"{c.speedup[row][n]:.2f}×" if n in c.speedup[row] else "–" for n in names]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    if c.mismatches:
+        lines += ["", "**Protocol differences (compared anyway):**", ""] + [f"- {d}" for d in c.mismatches]
+    lines += ["", "Inputs:", ""] + [f"- {e.name} ({e.result.protocol.algorithm}): `{e.path}`" for e in c.entries]
+    return "\n".join(lines) + "\n"
+
+
+def summary_json(c: Comparison) -> dict:
+    return {
+        "baseline": c.baseline,
+        "drafts": {e.name: {"algorithm": e.result.protocol.algorithm, "results": str(e.path)} for e in c.entries},
+        "rows": rows(c),
+        "domains": c.domains,
+        "tau": c.tau,
+        "gain_vs_baseline": {r: {n: c.gain(r, n) for n in c.tau.get(r, {})} for r in rows(c)},
+        "speedup": c.speedup,
+        "protocol_differences": c.mismatches,
+    }
+
+
+def plot_comparison(c: Comparison, out_dir: Path) -> list[Path]:
+    """Conditional acceptance per position (a panel per domain, as in the DSpark paper's Figure 2)
+    and τ per benchmark, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    domains = list(c.domains)
+    fig, axes = plt.subplots(1, len(domains), figsize=(4.5 * len(domains), 3.6), squeeze=False)
+    for ax, d in zip(axes[0], domains, strict=True):
+        for e in c.entries:
+            curves = [e.result.benchmarks[b].acceptance_conditional for b in c.domains[d] if b in e.result.benchmarks]
+            if not curves:
+                continue
+            k = min(len(x) for x in curves)
+            mean = [sum(x[j] for x in curves) / len(curves) for j in range(k)]
+            ax.plot(range(1, k + 1), mean, marker="o", label=e.name)
+            ax.set_xticks(range(1, k + 1))
+        ax.set_title(d)
+        ax.set_xlabel("draft position k")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("P(accept k | accepted 1..k-1)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "acceptance_by_position.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+
+    labels = [*c.benchmarks, "macro"]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) * max(1, len(c.entries)) / 2), 3.6))
+    width = 0.8 / len(c.entries)
+    for i, e in enumerate(c.entries):
+        vals = [c.tau.get(lbl, {}).get(e.name, 0.0) for lbl in labels]
+        ax.bar([x + i * width for x in range(len(labels))], vals, width, label=e.name)
+    ax.set_xticks([x + width * (len(c.entries) - 1) / 2 for x in range(len(labels))], labels, rotation=30, ha="right")
+    ax.set_ylabel("τ (accepted length)")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "tau_by_benchmark.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def compare(
+    paths: list[str | Path], out_dir: str | Path | None = None, baseline: str | None = None,
+    allow_protocol_mismatch: bool = False,
+) -> tuple[Comparison, list[Path]]:
+    """Load, check and compare; write report.md, summary.json and plots to ``out_dir`` when given."""
+    c = build_comparison(load_entries(paths), baseline, allow_protocol_mismatch)
+    written: list[Path] = []
+    if out_dir is not None:
+        out = Path(out_dir).expanduser()
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "report.md", markdown_report(c))
+        atomic_write_json(out / "summary.json", summary_json(c))
+        written = [out / "report.md", out / "summary.json", *plot_comparison(c, out)]
+    return c, written

@@ -1,0 +1,112 @@
+"""compare: protocol checks, domain means, gains, reports and plots, from results.json files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from deepspec_cli.main import app
+from deepspec_core.compare import compare
+from deepspec_core.errors import DataError
+from deepspec_core.eval.metrics import (
+    BenchmarkInfo,
+    EvalResults,
+    Protocol,
+    benchmark_result,
+    macro_average,
+    make_speed,
+)
+
+DOMAIN = {"gsm8k": "math", "math500": "math", "humaneval": "code", "mt-bench": "chat"}
+
+
+def write_result(dir_, name, lengths_by_bench, temperature=1.0, samples=4, speed=None, algorithm="dflash"):
+    k = 3
+    benches = {b: benchmark_result(ls, k, samples=samples, generated_tokens=sum(ls),
+                                   speed=make_speed(sum(ls), 2.0, 2.0 / speed) if speed else None)
+               for b, ls in lengths_by_bench.items()}
+    protocol = Protocol(
+        target="tiny", draft=str(dir_ / name / "step_10"), algorithm=algorithm, temperature=temperature,
+        max_new_tokens=64, thinking=False, thinking_source="draft", chat_template_hash="abc", block_size=k,
+        num_draft_tokens=k, seed=0, deepspec_version="0", device="cpu", dtype="float32",
+        benchmarks=[BenchmarkInfo(name=b, domain=DOMAIN[b], samples=samples, content_hash=f"h-{b}", source="file")
+                    for b in lengths_by_bench],
+    )
+    res = EvalResults(protocol=protocol, benchmarks=benches, macro=macro_average(benches))
+    out = dir_ / name / "eval" / "10"
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(res.model_dump_json())
+    return dir_ / name
+
+
+@pytest.fixture
+def runs(tmp_path):
+    a = write_result(tmp_path, "run-a", {"gsm8k": [1, 2, 3], "math500": [2, 2], "humaneval": [1, 1], "mt-bench": [1]},
+                     speed=1.2, algorithm="eagle3")
+    b = write_result(tmp_path, "run-b", {"gsm8k": [4, 4, 4], "math500": [3, 3], "humaneval": [2, 2], "mt-bench": [2]},
+                     speed=1.8)
+    return a, b
+
+
+def test_table_values_domain_means_and_gains(runs, tmp_path):
+    c, written = compare(list(runs), out_dir=tmp_path / "cmp")
+    assert [e.name for e in c.entries] == ["run-a", "run-b"]
+    assert c.benchmarks == ["gsm8k", "math500", "humaneval", "mt-bench"]
+    assert c.tau["gsm8k"] == {"run-a": 2.0, "run-b": 4.0}
+    assert c.tau["math mean"]["run-b"] == pytest.approx((4 + 3) / 2)
+    assert c.tau["macro"]["run-a"] == pytest.approx((2 + 2 + 1 + 1) / 4)
+    assert c.gain("gsm8k", "run-b") == pytest.approx(1.0)
+    assert c.speedup["macro"]["run-b"] == pytest.approx(1.8)
+    names = {p.name for p in written}
+    assert {"report.md", "summary.json", "acceptance_by_position.png", "tau_by_benchmark.png"} <= names
+    for p in written:
+        assert p.stat().st_size > 0
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "| **macro** | 1.50 | 2.75 (+83.3%) |" in report
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert summary["baseline"] == "run-a" and summary["tau"]["code mean"]["run-b"] == 2.0
+
+
+def test_baseline_choice(runs):
+    c, _ = compare(list(runs), baseline="run-b")
+    assert c.gain("gsm8k", "run-a") == pytest.approx(-0.5)
+    with pytest.raises(DataError, match="not one of the drafts"):
+        compare(list(runs), baseline="nope")
+
+
+def test_protocol_mismatch_is_refused_with_differences(tmp_path):
+    a = write_result(tmp_path, "a", {"gsm8k": [1, 2]}, temperature=1.0)
+    b = write_result(tmp_path, "b", {"gsm8k": [1, 2], "mt-bench": [1]}, temperature=0.0, samples=4)
+    with pytest.raises(DataError) as info:
+        compare([a, b])
+    msg = info.value.message
+    assert "temperature: a=1.0 vs b=0.0" in msg and "benchmarks:" in msg
+    assert "--allow-protocol-mismatch" in info.value.hint
+    c, _ = compare([a, b], allow_protocol_mismatch=True)
+    assert len(c.mismatches) == 2
+
+
+def test_sample_count_difference_is_a_mismatch(tmp_path):
+    a = write_result(tmp_path, "a", {"gsm8k": [1, 2]}, samples=4)
+    b = write_result(tmp_path, "b", {"gsm8k": [1, 2]}, samples=5)
+    with pytest.raises(DataError, match="gsm8k samples: a=4 vs b=5"):
+        compare([a, b])
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(DataError, match="no results.json"):
+        compare([tmp_path])
+    bad = tmp_path / "results.json"
+    bad.write_text('{"protocol": {}}')
+    with pytest.raises(DataError, match="not a deepspec results.json"):
+        compare([bad])
+
+
+def test_cli(runs, tmp_path):
+    res = CliRunner().invoke(app, ["compare", *map(str, runs), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "run-b" in res.output and "macro" in res.output and "report.md" in res.output
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "missing")])
+    assert res.exit_code == 1 and "no results.json" in res.output
