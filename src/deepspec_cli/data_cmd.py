@@ -1,0 +1,162 @@
+"""`deepspec data`: fetch prompts, regenerate answers with the target, show rendered samples."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from deepspec_cli.errors import handle_errors
+
+app = typer.Typer(help="Prepare training data: fetch prompts, regenerate answers, inspect samples.", no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True)
+
+# Commands of this group that live in other modules; each module defines `register(app)`.
+EXTRA_COMMAND_MODULES: list[str] = []
+
+
+@app.command("fetch")
+@handle_errors
+def fetch(
+    source: str = typer.Argument(..., help="Hub dataset id (e.g. mlabonne/open-perfectblend) or a local .jsonl/.json/.parquet."),
+    out: Path = typer.Option(..., "--out", "-o", help="Conversations file to write (JSONL); the held-out split goes beside it."),
+    subset: str = typer.Option(None, "--subset", help="Dataset configuration (hub sources)."),
+    split: str = typer.Option("train", "--split", help="Dataset split (hub sources)."),
+    test_size: float = typer.Option(0.05, "--test-size", help="Held-out share (< 1) or count (>= 1); 0 writes no held-out file."),
+    limit: int = typer.Option(None, "--limit", help="Keep at most N conversations."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the held-out draw."),
+) -> None:
+    """Normalise a prompt source into conversations: bad rows dropped and counted, duplicates removed."""
+    from deepspec_core.data.fetch import fetch as run_fetch
+
+    with console.status(f"reading {source}"):
+        r = run_fetch(source, out, subset=subset, split=split, test_size=test_size, limit=limit, seed=seed)
+    table = Table(title=f"data fetch · {source}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("rows in", f"{r.rows_in:,}")
+    table.add_row("kept", f"{r.kept:,}")
+    table.add_row("duplicates removed", f"{r.duplicates:,}")
+    for reason, n in r.dropped.most_common():
+        table.add_row(f"dropped: {reason}", f"[red]{n:,}[/]")
+    table.add_row("user turns / conversation", f"{r.user_turns / max(r.kept, 1):.2f}")
+    table.add_row("assistant turns (replaced by regen)", f"{r.assistant_turns:,}")
+    table.add_row("with a system message", f"{r.with_system:,}")
+    table.add_row("train", f"{r.train:,} → {r.out}")
+    if r.heldout is not None:
+        table.add_row("held-out", f"{r.heldout_count:,} → {r.heldout}")
+    console.print(table)
+
+
+@app.command("regen")
+@handle_errors
+def regen(
+    in_path: Path = typer.Option(..., "--in", "-i", help="Conversations file whose answers are regenerated."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output conversations file (rerun the same command to resume)."),
+    target: str = typer.Option(None, "--target", help="Target model: hub id, directory or 'tiny' (default: the spec's target.model)."),
+    spec: str = typer.Option(None, "--spec", help="Preset or TOML spec whose data.regen section gives the defaults."),
+    backend: str = typer.Option(None, "--backend", help="local (transformers in-process) or openai (HTTP servers)."),
+    server: list[str] = typer.Option([], "--server", help="OpenAI-compatible server base URL; repeat for round-robin."),
+    served_model: str = typer.Option(None, "--served-model", help="Model name to request (default: the first the server lists)."),
+    concurrency: int = typer.Option(None, "--concurrency", help="Requests in flight (openai backend)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Conversations generated together (local backend)."),
+    temperature: float = typer.Option(None, "--temperature"),
+    top_p: float = typer.Option(None, "--top-p"),
+    top_k: int = typer.Option(None, "--top-k", help="0 disables."),
+    min_p: float = typer.Option(None, "--min-p", help="0 disables."),
+    max_tokens: int = typer.Option(None, "--max-tokens", help="Maximum new tokens per assistant turn."),
+    timeout: float = typer.Option(None, "--timeout", help="Seconds per HTTP request before it is retried."),
+    max_retries: int = typer.Option(None, "--max-retries", help="Retries per request on timeouts, connection errors and 5xx."),
+    thinking: bool = typer.Option(None, "--thinking/--no-thinking", help="Thinking mode (default: the spec's target.thinking, else off)."),
+    limit: int = typer.Option(None, "--limit", help="Only the first N conversations."),
+    device: str = typer.Option("auto", "--device", help="Device of the local backend (auto, cpu, cuda, cuda:1...)."),
+) -> None:
+    """Regenerate every assistant turn with the target; resumable, output in input order."""
+    from deepspec_core.data.regen import resolve_settings, run_regen
+
+    settings = resolve_settings(
+        spec, target, thinking, backend=backend, servers=server, served_model=served_model, concurrency=concurrency,
+        batch_size=batch_size, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+        max_tokens=max_tokens, request_timeout=timeout, max_retries=max_retries,
+    )
+    columns = (TextColumn("[bold]regen"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("regen", total=None, rate="")
+        clock: dict[str, float] = {}
+
+        def progress(done: int, total: int, tokens: int) -> None:
+            import time
+
+            now = time.perf_counter()
+            start = clock.setdefault("start", now)
+            rate = f"{done / (now - start):.2f} conv/s · {tokens / (now - start):,.0f} tok/s" if now > start else ""
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        result = run_regen(in_path, out, settings, limit=limit, device=device, progress=progress,
+                           warn=lambda line: err_console.print(f"[yellow]warning:[/] {line}"))
+    table = Table(title=f"data regen · {settings.regen.backend} · {settings.target}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("conversations", f"{result.total:,}")
+    table.add_row("already done", f"{result.already_done:,}")
+    table.add_row("ok", f"[green]{result.ok:,}[/]")
+    table.add_row("failed", f"[red]{result.failed:,}[/]" if result.failed else "0")
+    table.add_row("truncated (max tokens)", f"[yellow]{result.truncated:,}[/]" if result.truncated else "0")
+    table.add_row("tokens generated", f"{result.tokens:,}")
+    table.add_row("tokens/s", f"{result.tokens_per_s:,.1f}")
+    table.add_row("written", f"{result.written:,} → {result.out}")
+    console.print(table)
+    if result.failed:
+        err_console.print(f"[yellow]warning:[/] {result.failed} conversations failed (see {result.errors}); "
+                          "rerun the same command to retry them")
+
+
+@app.command("show")
+@handle_errors
+def show(
+    file: Path = typer.Argument(..., help="Conversations file (JSONL)."),
+    target: str = typer.Option(..., "--target", help="Target whose tokenizer and chat template render the samples."),
+    n: int = typer.Option(2, "--n", help="Samples to show."),
+    thinking: bool = typer.Option(False, "--thinking/--no-thinking", help="Render with thinking mode on."),
+    max_length: int = typer.Option(4096, "--max-length", help="Truncation length, as in training."),
+) -> None:
+    """Print rendered samples with supervised tokens highlighted, and the loss-mask coverage."""
+    from deepspec_core.data.tokenize import iter_tokenized
+    from deepspec_core.targets.hf import load_tokenizer
+
+    tokenizer = load_tokenizer(target)
+    supervised = assistant = 0
+    for conv_id, s in iter_tokenized(file, tokenizer, max_length, thinking, min_loss_tokens=0, limit=n):
+        text = Text()
+        for tid, m in zip(s.input_ids, s.loss_mask, strict=True):
+            text.append(tokenizer.decode([tid]), style="bold black on green" if m else "dim")
+        console.rule(f"{conv_id} · {s.num_tokens} tokens · {s.num_loss_tokens} supervised"
+                     f"{' · truncated' if s.truncated else ''} · coverage {s.coverage:.2f}")
+        console.print(text)
+        supervised += s.full_loss_tokens
+        assistant += s.num_assistant_tokens
+    coverage = supervised / max(assistant, 1)
+    console.rule()
+    console.print(f"coverage (supervised / assistant tokens): [bold]{coverage:.3f}[/]  "
+                  "[dim](highlighted = supervised)[/]")
+    if not 0.9 <= coverage <= 1.2:
+        err_console.print("[yellow]warning:[/] the loss mask does not match the assistant turns; "
+                          "check the chat template (target.chat_template)")
+
+
+for _module in EXTRA_COMMAND_MODULES:
+    importlib.import_module(_module).register(app)

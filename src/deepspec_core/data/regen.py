@@ -1,0 +1,459 @@
+"""``data regen``: regenerate every assistant turn with the target, resumably and in input order.
+
+Multi-turn: system and user turns are kept, the original answers dropped, and an answer is
+generated after each user turn, conditioned on the regenerated history. Each conversation is a
+small generator (:func:`conversation_turns`) that yields the prompt of its next turn and receives
+the answer, so the batched local backend and the concurrent HTTP backend drive the same logic.
+
+Crash safety: finished conversations are appended to ``<out>.partial`` in input order (a
+completion that arrives early waits in a buffer), flushed and fsynced. A rerun indexes the ids
+already in ``<out>`` and ``<out>.partial`` (cutting a torn last line after ``kill -9``), generates
+only the rest — earlier failures included — and finally writes ``<out>`` in input order through an
+atomic rename. Failures go to ``<out>.errors.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from deepspec_core.data.conversations import dumps, read_conversations
+from deepspec_core.data.tokenize import render_prompt, split_thinking
+from deepspec_core.errors import DataError
+from deepspec_core.io import atomic_path
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 20
+    min_p: float = 0.0
+    max_tokens: int = 4096
+
+    @classmethod
+    def from_spec(cls, regen: Any) -> Sampling:
+        return cls(regen.temperature, regen.top_p, regen.top_k, regen.min_p, regen.max_tokens)
+
+
+@dataclass
+class TurnResult:
+    content: str
+    thinking: str | None
+    finish_reason: str  # "stop" | "length"
+    tokens: int
+
+
+@dataclass
+class Outcome:
+    """What became of one conversation: a record to write, or an error message."""
+
+    record: dict[str, Any] | None = None
+    error: str | None = None
+    tokens: int = 0
+    truncated: bool = False
+
+
+class Backend(Protocol):
+    name: str
+    model_name: str  # recorded in each record's regen block
+
+    def run(
+        self, jobs: Iterator[tuple[int, dict[str, Any]]], sampling: Sampling, thinking: bool
+    ) -> Iterator[tuple[int, Outcome]]:
+        """Yield (sequence number, outcome) for every job, in any order."""
+        ...
+
+
+# -- one conversation ----------------------------------------------------------------------------
+
+
+TurnGen = Generator[list[dict[str, Any]], TurnResult, Outcome]
+
+
+def conversation_turns(conv: dict[str, Any], backend: str, model: str, sampling: Sampling, thinking: bool) -> TurnGen:
+    """Yield the history before each answer to generate; receive the answer; return the outcome."""
+    messages = conv["messages"]
+    history: list[dict[str, Any]] = []
+    reasons: list[str] = []
+    tokens = 0
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            continue
+        history.append({"role": m["role"], "content": m["content"]})
+        # Consecutive user turns (no answer between them in the source) are answered once, after the last.
+        if m["role"] == "user" and (i + 1 == len(messages) or messages[i + 1]["role"] != "user"):
+            answer = yield list(history)
+            msg = {"role": "assistant", "content": answer.content}
+            if answer.thinking:
+                msg["thinking"] = answer.thinking
+            history.append(msg)
+            reasons.append(answer.finish_reason)
+            tokens += answer.tokens
+    truncated = "length" in reasons
+    record = {
+        "id": conv["id"],
+        "messages": history,
+        "meta": conv.get("meta", {}),
+        "regen": {
+            "backend": backend,
+            "model": model,
+            "sampling": asdict(sampling),
+            "finish_reason": "length" if truncated else "stop",
+            "finish_reasons": reasons,
+            "thinking": thinking,
+            "tokens": tokens,
+        },
+    }
+    return Outcome(record=record, tokens=tokens, truncated=truncated)
+
+
+# -- local backend (transformers generate) --------------------------------------------------------
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids) if isinstance(ids, (list, tuple)) else ({ids} if ids is not None else set())
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def generate_answers(
+    model: Any, tokenizer: Any, histories: list[list[dict[str, Any]]], sampling: Sampling, thinking: bool
+) -> list[TurnResult]:
+    """One batched ``generate`` over several chats (left padding); one answer per chat."""
+    import torch
+
+    texts = [render_prompt(tokenizer, h, thinking) for h in histories]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+    kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "pad_token_id": tokenizer.pad_token_id}
+    if sampling.temperature > 0:
+        kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                      top_k=sampling.top_k or None, min_p=sampling.min_p or None)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    eos = _eos_ids(model, tokenizer)
+    with torch.no_grad():
+        out = model.generate(**enc, eos_token_id=sorted(eos), **kwargs)  # (B, T_prompt + T_new)
+    new = out[:, enc["input_ids"].shape[1]:].tolist()
+    results = []
+    for row in new:
+        stop = next((j for j, t in enumerate(row) if t in eos), None)
+        used = row[: stop + 1] if stop is not None else row
+        text = tokenizer.decode(used, skip_special_tokens=True)
+        content, think = split_thinking(text) if thinking else (text.strip(), None)
+        results.append(TurnResult(content, think, "stop" if stop is not None else "length", len(used)))
+    return results
+
+
+class LocalBackend:
+    """In-process generation with transformers; conversations are batched turn by turn."""
+
+    name = "local"
+
+    def __init__(self, net: Any, tokenizer: Any, model_name: str, batch_size: int = 16):
+        self.net, self.tokenizer, self.model_name, self.batch_size = net, tokenizer, model_name, batch_size
+
+    def run(self, jobs: Iterator[tuple[int, dict[str, Any]]], sampling: Sampling, thinking: bool) -> Iterator[tuple[int, Outcome]]:
+        batch: list[tuple[int, dict[str, Any]]] = []
+        for job in jobs:
+            batch.append(job)
+            if len(batch) == self.batch_size:
+                yield from self._run_batch(batch, sampling, thinking)
+                batch = []
+        if batch:
+            yield from self._run_batch(batch, sampling, thinking)
+
+    def _run_batch(self, batch: list[tuple[int, dict[str, Any]]], sampling: Sampling, thinking: bool) -> Iterator[tuple[int, Outcome]]:
+        gens = {seq: conversation_turns(conv, self.name, self.model_name, sampling, thinking) for seq, conv in batch}
+        prompts = {seq: next(g) for seq, g in gens.items()}
+        done: dict[int, Outcome] = {}
+        while prompts:
+            seqs = list(prompts)
+            try:
+                answers = generate_answers(self.net, self.tokenizer, [prompts[s] for s in seqs], sampling, thinking)
+            except (RuntimeError, ValueError) as err:  # e.g. out of memory, prompt longer than the model allows
+                for s in seqs:
+                    done[s] = Outcome(error=f"{type(err).__name__}: {err}")
+                break
+            for s, answer in zip(seqs, answers, strict=True):
+                try:
+                    prompts[s] = gens[s].send(answer)
+                except StopIteration as stop:
+                    done[s] = stop.value
+                    del prompts[s]
+        for seq, _ in batch:
+            yield seq, done[seq]
+
+
+# -- resume and ordered output ---------------------------------------------------------------------
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def errors_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.errors.jsonl")
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a torn last line (a ``kill -9`` during a write) so appends start on a line boundary."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(max(size - 1, 0))
+        if f.read(1) == b"\n":
+            return
+        block = 1 << 16
+        pos = size
+        while pos > 0:
+            start = max(pos - block, 0)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                f.truncate(start + nl + 1)
+                return
+            pos = start
+        f.truncate(0)
+
+
+def index_done(paths: list[Path]) -> dict[str, tuple[Path, int, int]]:
+    """id → (file, byte offset, length) of every finished record; the first copy of an id wins."""
+    done: dict[str, tuple[Path, int, int]] = {}
+    for path in paths:
+        if not path.exists():
+            continue
+        _repair_tail(path)
+        with open(path, "rb") as f:
+            offset = 0
+            for lineno, line in enumerate(f, 1):
+                try:
+                    conv_id = json.loads(line)["id"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise DataError(f"{path}:{lineno} is not a conversation record",
+                                    f"move {path} away to regenerate from scratch") from None
+                done.setdefault(conv_id, (path, offset, len(line)))
+                offset += len(line)
+    return done
+
+
+class OrderedSink:
+    """Writes outcomes in sequence order: records to the partial file, errors to the errors file."""
+
+    def __init__(self, partial: Path, errors: Path):
+        self.partial = open(partial, "ab")
+        self.errors = open(errors, "w", encoding="utf-8")
+        self.next_seq = 0
+        self.pending: dict[int, tuple[str, Outcome]] = {}
+        self.failed = 0
+
+    def put(self, seq: int, conv_id: str, outcome: Outcome) -> None:
+        self.pending[seq] = (conv_id, outcome)
+        wrote = False
+        while self.next_seq in self.pending:
+            cid, o = self.pending.pop(self.next_seq)
+            if o.record is not None:
+                self.partial.write(dumps(o.record).encode())
+                wrote = True
+            else:
+                self.failed += 1
+                self.errors.write(json.dumps({"id": cid, "error": o.error}) + "\n")
+                self.errors.flush()
+            self.next_seq += 1
+        if wrote:
+            self.partial.flush()
+            os.fsync(self.partial.fileno())
+
+    def close(self) -> None:
+        self.partial.close()
+        self.errors.close()
+
+
+def _finalize(out: Path, ids: list[str], done: dict[str, tuple[Path, int, int]]) -> int:
+    """Write ``out`` in input order from the indexed records (atomic); return records written."""
+    handles: dict[Path, Any] = {}
+    n = 0
+    try:
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            for conv_id in ids:
+                if conv_id not in done:
+                    continue
+                path, offset, length = done[conv_id]
+                src = handles.get(path) or handles.setdefault(path, open(path, "rb"))
+                src.seek(offset)
+                f.write(src.read(length))
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        for h in handles.values():
+            h.close()
+    return n
+
+
+@dataclass
+class RegenResult:
+    out: Path
+    total: int = 0  # conversations in the input (after --limit)
+    already_done: int = 0
+    ok: int = 0
+    failed: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    written: int = 0
+    errors: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+ProgressFn = Callable[[int, int, int], None]  # (conversations done, to do, tokens generated)
+
+
+def regenerate(
+    in_path: Path | str,
+    out_path: Path | str,
+    backend: Backend,
+    sampling: Sampling,
+    thinking: bool,
+    limit: int | None = None,
+    progress: ProgressFn | None = None,
+) -> RegenResult:
+    """Regenerate the answers of ``in_path`` into ``out_path``; rerun the same call to resume."""
+    in_path, out = Path(in_path), Path(out_path)
+    if in_path.resolve() == out.resolve():
+        raise DataError(f"--out {out} is the input file", "write the regenerated conversations to a new file")
+    ids = [c["id"] for c in read_conversations(in_path, limit)]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DataError(f"{in_path}: conversation id {dup!r} occurs more than once", "regen resumes by id; ids must be unique")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial, errors = partial_path(out), errors_path(out)
+    done = index_done([out, partial])
+    result = RegenResult(out=out, total=len(ids), already_done=sum(i in done for i in ids))
+    todo = result.total - result.already_done
+    jobs_convs: dict[int, str] = {}
+
+    def jobs() -> Iterator[tuple[int, dict[str, Any]]]:
+        seq = 0
+        for conv in read_conversations(in_path, limit):
+            if conv["id"] not in done:
+                jobs_convs[seq] = conv["id"]
+                yield seq, conv
+                seq += 1
+
+    sink = OrderedSink(partial, errors)
+    start = time.perf_counter()
+    finished = 0
+    try:
+        if progress:
+            progress(0, todo, 0)
+        for seq, outcome in backend.run(jobs(), sampling, thinking):
+            sink.put(seq, jobs_convs.pop(seq), outcome)
+            finished += 1
+            if outcome.record is not None:
+                result.ok += 1
+                result.tokens += outcome.tokens
+                result.truncated += outcome.truncated
+            if progress:
+                progress(finished, todo, result.tokens)
+    finally:
+        sink.close()
+        result.seconds = time.perf_counter() - start
+    result.failed = sink.failed
+    result.written = _finalize(out, ids, index_done([out, partial]))
+    partial.unlink(missing_ok=True)
+    if result.failed:
+        result.errors = errors
+    else:
+        errors.unlink(missing_ok=True)
+    return result
+
+
+# -- entry point used by the CLI -------------------------------------------------------------------
+
+
+@dataclass
+class RegenSettings:
+    target: str
+    thinking: bool
+    regen: Any  # deepspec_core.spec.RegenSpec
+    revision: str | None = None
+    chat_template: str | None = None
+    dtype: str = "auto"
+
+
+def resolve_settings(spec: str | None, target: str | None, thinking: bool | None, **overrides: Any) -> RegenSettings:
+    """Options from a spec's ``data.regen`` (or the defaults), with every non-None CLI value on top."""
+    from pydantic import ValidationError
+
+    from deepspec_core.errors import SpecError
+    from deepspec_core.spec import RegenSpec, load_spec
+
+    run = load_spec(spec) if spec else None
+    base = run.data.regen if run else RegenSpec()
+    given = {k: v for k, v in overrides.items() if v is not None and v != []}
+    try:
+        regen = RegenSpec.model_validate({**base.model_dump(), **given})
+    except ValidationError as err:
+        first = err.errors()[0]
+        field_name = ".".join(str(p) for p in first["loc"])
+        raise SpecError(f"data.regen.{field_name}: {first['msg']}", f"fix --{field_name.replace('_', '-')}") from None
+    model = target or (run.target.model if run else None)
+    if not model:
+        raise SpecError("no target given", "pass --target MODEL (or 'tiny'), or --spec with target.model")
+    think = thinking if thinking is not None else (run.target.thinking if run else False)
+    same_target = run is not None and model == run.target.model
+    return RegenSettings(
+        target=model,
+        thinking=think,
+        regen=regen,
+        revision=run.target.revision if same_target else None,
+        chat_template=run.target.chat_template if same_target else None,
+        dtype=run.target.dtype if same_target else "auto",
+    )
+
+
+def run_regen(
+    in_path: Path | str,
+    out_path: Path | str,
+    settings: RegenSettings,
+    limit: int | None = None,
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> RegenResult:
+    """Build the backend the settings ask for (load the target, or probe the servers) and regenerate."""
+    regen = settings.regen
+    if not Path(in_path).is_file():
+        raise DataError(f"input file {in_path} does not exist", "create it with `deepspec data fetch`")
+    backend: Backend
+    if regen.backend == "openai":
+        from deepspec_core.data.openai_client import OpenAIBackend
+
+        backend = OpenAIBackend(regen.servers, regen.concurrency, regen.request_timeout, regen.max_retries,
+                                served_model=regen.served_model)
+        backend.probe()
+        for line in backend.warnings:
+            if warn:
+                warn(line)
+    else:
+        from deepspec_core.targets.hf import load_target
+
+        t = load_target(settings.target, revision=settings.revision, dtype=settings.dtype, device=device,
+                        chat_template=settings.chat_template)
+        backend = LocalBackend(t.model, t.tokenizer, settings.target, regen.batch_size)
+    return regenerate(in_path, out_path, backend, Sampling.from_spec(regen), settings.thinking, limit, progress)

@@ -1,0 +1,93 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from deepspec_cli.main import app
+from deepspec_core.data.conversations import read_conversations
+from deepspec_core.data.fetch import fetch, heldout_path
+from deepspec_core.errors import DataError
+
+
+def _sharegpt(i: int, turns: int = 1) -> dict:
+    conv = [{"from": "system", "value": "You are terse."}] if i % 3 == 0 else []
+    for t in range(turns):
+        conv += [{"from": "human", "value": f"question {i}.{t}"}, {"from": "gpt", "value": f"answer {i}.{t}"}]
+    return {"id": f"row{i}", "source": "unit", "conversations": conv}
+
+
+@pytest.fixture
+def sharegpt_file(tmp_path):
+    rows = [_sharegpt(i, turns=1 + i % 2) for i in range(20)]
+    rows.append(dict(rows[4], id="copy-of-4"))  # exact duplicate content, other id
+    rows.append({"conversations": [{"from": "narrator", "value": "x"}]})
+    rows.append({"conversations": [{"from": "human", "value": ""}]})
+    rows.append({"prompt": "no chat here"})
+    lines = [json.dumps(r) for r in rows] + ["{not json"]
+    path = tmp_path / "src.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_fetch_sharegpt_with_bad_rows(sharegpt_file, tmp_path):
+    out = tmp_path / "convs.jsonl"
+    r = fetch(str(sharegpt_file), out, test_size=0.2, seed=1)
+    assert r.rows_in == 25
+    assert r.kept == 20 and r.duplicates == 1
+    assert dict(r.dropped) == {"unknown role": 1, "empty content": 1, "no messages/conversations/turns field": 1,
+                               "invalid JSON": 1}
+    train = list(read_conversations(out))
+    held = list(read_conversations(heldout_path(out)))
+    assert (len(train), len(held)) == (16, 4) == (r.train, r.heldout_count)
+    ids = [c["id"] for c in train + held]
+    assert sorted(ids) == sorted(f"row{i}" for i in range(20))  # source ids kept, no duplicate
+    # Source order is kept within each file; system messages survive; meta carries scalar columns.
+    assert [int(c["id"][3:]) for c in train] == sorted(int(c["id"][3:]) for c in train)
+    row0 = next(c for c in train + held if c["id"] == "row0")
+    assert row0["messages"][0] == {"role": "system", "content": "You are terse."}
+    assert row0["meta"] == {"source": "unit"}
+    assert heldout_path(out).name == "convs.heldout.jsonl"
+
+
+def test_fetch_is_deterministic_and_hashes_missing_ids(tmp_path):
+    src = tmp_path / "src.json"
+    src.write_text(json.dumps([{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(10)]))
+    a = fetch(str(src), tmp_path / "a.jsonl", test_size=3, seed=5)
+    fetch(str(src), tmp_path / "b.jsonl", test_size=3, seed=5)
+    assert a.heldout_count == 3
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    ids = [c["id"] for c in read_conversations(tmp_path / "a.jsonl")]
+    assert len(set(ids)) == 7 and all(len(i) == 16 for i in ids)
+
+
+def test_fetch_parquet_turns_and_limit(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "src.parquet"
+    pq.write_table(pa.Table.from_pylist([{"turns": [f"t{i}", "follow-up"], "category": "c"} for i in range(8)]), src)
+    r = fetch(str(src), tmp_path / "p.jsonl", test_size=0, limit=5)
+    assert r.kept == 5 and r.heldout is None and not heldout_path(tmp_path / "p.jsonl").exists()
+    first = next(read_conversations(tmp_path / "p.jsonl"))
+    assert first["messages"] == [{"role": "user", "content": "t0"}, {"role": "user", "content": "follow-up"}]
+    assert first["meta"] == {"category": "c"}
+
+
+def test_fetch_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        fetch(str(tmp_path / "nope.jsonl"), tmp_path / "o.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"x": 1}\n')
+    with pytest.raises(DataError, match="no usable conversation"):
+        fetch(str(bad), tmp_path / "o.jsonl")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_fetch_cli_prints_summary(sharegpt_file, tmp_path):
+    out = tmp_path / "cli.jsonl"
+    res = CliRunner().invoke(app, ["data", "fetch", str(sharegpt_file), "--out", str(out), "--test-size", "2"])
+    assert res.exit_code == 0, res.output
+    assert "dropped: unknown role" in res.output and "duplicates removed" in res.output
+    assert sum(1 for _ in open(out)) == 18
+    res = CliRunner().invoke(app, ["data", "fetch", str(tmp_path / "missing.parquet"), "--out", str(out)])
+    assert res.exit_code == 1 and "does not exist" in res.output and "Traceback" not in res.output

@@ -1,0 +1,186 @@
+"""A small OpenAI-compatible chat server for tests: a transformers model behind real HTTP on 127.0.0.1.
+
+It speaks the subset of the chat-completions schema that vLLM and SGLang speak (``top_k``,
+``min_p`` and ``chat_template_kwargs`` as top-level extras; ``reasoning_content`` when thinking).
+Requests waiting at the same time are generated together in one batch (like a serving engine), so
+client concurrency is measurable. ``fail_rate`` answers that share of chat requests with a 503;
+``down=True`` reserves a port where nothing listens.
+
+Run by hand: ``python tests/servers/openai_server.py MODEL_DIR --port 8000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import random
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from deepspec_core.data.regen import Sampling, generate_answers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Job:
+    def __init__(self, body: dict[str, Any]):
+        self.body = body
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: Exception | None = None
+
+
+class OpenAIServer:
+    def __init__(self, model_dir: Path | str, name: str = "tiny", fail_rate: float = 0.0, down: bool = False,
+                 max_batch: int = 16, seed: int = 0, port: int | None = None):
+        self.model_dir, self.name, self.fail_rate, self.down, self.max_batch = Path(model_dir), name, fail_rate, down, max_batch
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.requests = 0
+        self.failures = 0
+        self._rng = random.Random(seed)
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._httpd: ThreadingHTTPServer | None = None
+
+    # -- model side: one worker thread batches waiting requests with equal sampling --------------
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(max(torch.get_num_threads(), 1))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
+
+    @staticmethod
+    def _key(body: dict[str, Any]) -> tuple:
+        kwargs = body.get("chat_template_kwargs") or {}
+        top_k = int(body.get("top_k", -1))
+        return (float(body.get("temperature", 1.0)), float(body.get("top_p", 1.0)), max(top_k, 0),
+                float(body.get("min_p", 0.0)), int(body.get("max_tokens", 256)), bool(kwargs.get("enable_thinking", True)))
+
+    def _worker(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            time.sleep(0.005)  # let concurrent requests arrive
+            while len(batch) < self.max_batch:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._jobs.put(None)
+                    break
+                batch.append(job)
+            groups: dict[tuple, list[_Job]] = {}
+            for job in batch:
+                groups.setdefault(self._key(job.body), []).append(job)
+            for key, jobs in groups.items():
+                temperature, top_p, top_k, min_p, max_tokens, thinking = key
+                sampling = Sampling(temperature, top_p, top_k, min_p, max_tokens)
+                try:
+                    answers = generate_answers(self.model, self.tokenizer, [j.body["messages"] for j in jobs], sampling, thinking)
+                    for j, a in zip(jobs, answers, strict=True):
+                        j.result = a
+                except Exception as err:  # report to the client as a 500, keep serving
+                    for j in jobs:
+                        j.error = err
+                for j in jobs:
+                    j.done.set()
+
+    # -- HTTP side ------------------------------------------------------------------------------
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _send(self, code: int, obj: dict[str, Any]) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") == "/v1/models":
+                    self._send(200, {"object": "list", "data": [{"id": server.name, "object": "model"}]})
+                else:
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                server.requests += 1
+                if server.fail_rate and server._rng.random() < server.fail_rate:
+                    server.failures += 1
+                    return self._send(503, {"error": {"message": "injected failure"}})
+                if body.get("model") != server.name:
+                    return self._send(404, {"error": {"message": f"model {body.get('model')!r} not served"}})
+                job = _Job(body)
+                server._jobs.put(job)
+                job.done.wait()
+                if job.error is not None:
+                    return self._send(500, {"error": {"message": str(job.error)}})
+                a = job.result
+                msg = {"role": "assistant", "content": a.content, "reasoning_content": a.thinking}
+                self._send(200, {
+                    "id": f"chatcmpl-{server.requests}", "object": "chat.completion", "model": server.name,
+                    "choices": [{"index": 0, "message": msg, "finish_reason": a.finish_reason}],
+                    "usage": {"completion_tokens": a.tokens},
+                })
+
+        return Handler
+
+    def start(self) -> OpenAIServer:
+        if self.down:
+            return self
+        self._load()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self._worker, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._jobs.put(None)
+            self._httpd = None
+
+    def __enter__(self) -> OpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model_dir")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", default="tiny")
+    p.add_argument("--fail-rate", type=float, default=0.0)
+    args = p.parse_args()
+    srv = OpenAIServer(args.model_dir, name=args.name, fail_rate=args.fail_rate, port=args.port).start()
+    print(f"serving {args.model_dir} as {args.name!r} at {srv.url}", flush=True)
+    threading.Event().wait()
