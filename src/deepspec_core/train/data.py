@@ -1,0 +1,211 @@
+"""Training data: which samples each process reads at each optimizer step, and the loaders.
+
+Data order is a pure function of (seed, epoch): epoch ``e`` is one permutation of the training
+samples, cut into global batches (the incomplete tail is dropped). Global batch ``s`` is split
+into ``accum`` micro-steps × ``world`` processes × ``micro`` samples, in that order, so the same
+global batch is seen whatever the process count — and the data position is just the number of
+optimizer steps taken. Resuming skips to that step without reading what was already consumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from deepspec_core.errors import SpecError
+from deepspec_core.spec import RunSpec
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of epoch ``epoch``: the same on every process, machine and run."""
+    rng = np.random.default_rng([seed % (1 << 63), epoch])
+    return rng.permutation(num_samples)
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """Which sample indices each process reads for each micro-step of each optimizer step."""
+
+    num_samples: int
+    global_batch: int
+    micro_batch: int
+    world_size: int
+    seed: int
+
+    @property
+    def accum(self) -> int:
+        return self.global_batch // (self.micro_batch * self.world_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.num_samples // self.global_batch)
+
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, step within the epoch) after ``step`` optimizer steps."""
+        return divmod(step, self.steps_per_epoch)
+
+    def micro_batches(self, step: int, rank: int, perm: np.ndarray | None = None) -> list[list[int]]:
+        """Index lists of the ``accum`` micro-batches that ``rank`` reads in optimizer step ``step`` (0-based)."""
+        epoch, s = self.position(step)
+        if perm is None:
+            perm = epoch_permutation(self.num_samples, self.seed, epoch)
+        if self.num_samples < self.global_batch:
+            # Fewer samples than one batch: cycle through the permutation (tiny runs, tests).
+            perm = np.resize(perm, self.global_batch)
+        batch = perm[s * self.global_batch : (s + 1) * self.global_batch]
+        per_micro = self.micro_batch * self.world_size
+        out = []
+        for a in range(self.accum):
+            lo = a * per_micro + rank * self.micro_batch
+            out.append([int(i) for i in batch[lo : lo + self.micro_batch]])
+        return out
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Yields this process's micro-batches for optimizer steps ``start`` … ``end - 1`` (across epochs)."""
+
+    def __init__(self, plan: DataPlan, rank: int, start: int, end: int):
+        self.plan, self.rank, self.start, self.end = plan, rank, start, end
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start) * self.plan.accum
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, perm = -1, None
+        for step in range(self.start, self.end):
+            e, _ = self.plan.position(step)
+            if e != epoch:
+                epoch, perm = e, epoch_permutation(self.plan.num_samples, self.plan.seed, e)
+            yield from self.plan.micro_batches(step, self.rank, perm)
+
+
+def make_loader(dataset: Dataset, batch_sampler: Sampler, collate, num_workers: int, seed: int) -> DataLoader:
+    """A DataLoader that never touches the global RNG (its own generator), so resume stays exact."""
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def val_batches(indices: list[int], micro_batch: int, rank: int, world_size: int) -> list[list[int]]:
+    """This process's share of the validation set, in micro-batches (round-robin over processes)."""
+    mine = indices[rank::world_size]
+    return [mine[i : i + micro_batch] for i in range(0, len(mine), micro_batch)]
+
+
+# -- assembly: datasets, frozen target pieces, the draft ---------------------------------------
+
+
+@dataclass
+class TrainParts:
+    """The draft and its data. Samples ``[0, num_train)`` train; the last ``num_val`` are held out.
+
+    The held-out slice is the tail of the training data (cache or conversations): it needs no
+    second cache, is the same offline and online, and is never trained on.
+    """
+
+    draft: Any  # DraftModel, fp32 trainable parameters, on the training device
+    dataset: Any  # map-style: a FeatureCache, or OnlineFeatures (runs the target, has get_batch)
+    num_train: int
+    num_val: int
+    online: bool
+    target_path: str
+
+    def _batch(self, indices: list[int]) -> Any:
+        from deepspec_core.drafts.base import collate_samples
+
+        if self.online:  # one batched target forward
+            return collate_samples(self.dataset.get_batch(indices))
+        return collate_samples([self.dataset[i] for i in indices])
+
+    def train_batches(
+        self, plan: DataPlan, rank: int, start: int, end: int, num_workers: int
+    ) -> Iterator[Any]:
+        """This process's micro-batches (CPU or, online, target-device DraftBatch) for steps start … end−1."""
+        sampler = StepBatchSampler(plan, rank, start, end)
+        if self.online:
+            # The target lives on the training device: no worker processes.
+            return (self._batch(idx) for idx in sampler)
+        from deepspec_core.drafts.base import collate_samples
+
+        return iter(make_loader(self.dataset, sampler, collate_samples, num_workers, plan.seed))
+
+    def val_batch(self, indices: list[int]) -> Any:
+        """A batch of held-out samples; ``indices`` count from the start of the held-out slice."""
+        return self._batch([self.num_train + i for i in indices])
+
+    def loss_token_counts(self) -> torch.Tensor:
+        """(V,) counts of supervised tokens over the training samples (for a reduced draft vocabulary)."""
+        counts = torch.zeros(self.draft.vocab_size, dtype=torch.long)
+        for i in range(self.num_train):
+            s = self.dataset.samples[i] if self.online else self.dataset[i]
+            ids = torch.as_tensor(s["input_ids"])[torch.as_tensor(s["loss_mask"]).bool()]
+            counts += torch.bincount(ids, minlength=counts.numel())[: counts.numel()]
+        return counts
+
+
+def holdout_sizes(num_samples: int, val_samples: int) -> tuple[int, int]:
+    """(train, validation) sample counts: the last ``val_samples`` are held out."""
+    if num_samples <= val_samples:
+        raise SpecError(
+            f"train.val_samples ({val_samples}) leaves no training samples (the data has {num_samples})",
+            "lower train.val_samples or add data",
+        )
+    return num_samples - val_samples, val_samples
+
+
+def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None]) -> TrainParts:
+    """Datasets (offline cache or online target), the frozen target pieces, and the draft on ``device``."""
+    from deepspec_core.drafts.base import build_draft, frozen_weights_from_model, load_frozen_weights
+    from deepspec_core.targets.hf import resolve_dtype, resolve_model
+
+    target_path = resolve_model(spec.target.model)
+    if spec.cache.online:
+        from deepspec_core.cache.online import online_dataset
+        from deepspec_core.targets.hf import load_target_from_spec
+
+        target = load_target_from_spec(spec.target, device=str(device))
+        dataset = online_dataset(spec, target)
+        config = target.config
+        embed, head = frozen_weights_from_model(target.model)
+    else:
+        from transformers import AutoConfig
+
+        from deepspec_core.cache.reader import FeatureCache
+
+        dataset = FeatureCache(spec.cache_dir(), spec)
+        config = AutoConfig.from_pretrained(
+            target_path, revision=spec.target.revision, trust_remote_code=spec.target.trust_remote_code
+        )
+        embed, head = load_frozen_weights(target_path, dtype=resolve_dtype(spec.target.dtype, device))
+    num_train, num_val = holdout_sizes(len(dataset), spec.train.val_samples)
+    draft = build_draft(spec, config, embed, head)
+    # fp32 master weights for what trains; the frozen target tensors keep the target's dtype.
+    for p in draft.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    draft.to(device)
+    return TrainParts(draft, dataset, num_train, num_val, spec.cache.online, target_path)
+
+
+def init_vocab_mapping(parts: TrainParts, spec: RunSpec) -> None:
+    """A reduced Eagle3 vocabulary: the most frequent supervised tokens of the training samples."""
+    draft = parts.draft
+    if getattr(draft, "draft_head", None) is None or not hasattr(draft, "set_vocab_mapping"):
+        return
+    from deepspec_core.drafts.eagle3 import build_vocab_mapping
+
+    d2t, t2d = build_vocab_mapping(parts.loss_token_counts(), spec.draft.draft_vocab_size)
+    device = next(draft.parameters()).device
+    draft.set_vocab_mapping(d2t.to(device), t2d.to(device))

@@ -1,0 +1,436 @@
+"""``train(spec, runtime) → TrainResult``: the training loop, top to bottom.
+
+Numerics: the draft's parameters are fp32 (master weights) and gradients accumulate in fp32 over
+the micro-steps of a global batch; bf16 is used only inside autocast (on GPU by default). Each
+micro-batch's loss is divided by the number of micro-steps so that the update is the mean over
+the global batch whatever the process count. Randomness inside a forward pass (e.g. anchor
+sampling) is seeded from (seed, step, micro-batch index in the global batch), so results do not
+depend on how many processes share the batch, and resuming is exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepspec_core.drafts.base import FROZEN_PREFIXES
+from deepspec_core.errors import CheckpointError
+from deepspec_core.spec import RunSpec, Schedule, TrainSpec, derive_schedule
+from deepspec_core.train import checkpoint as ckpt
+from deepspec_core.train.data import (
+    DataPlan,
+    TrainParts,
+    build_parts,
+    val_batches,
+)
+from deepspec_core.train.launch import DistEnv, detect_env, init_distributed, pick_device
+from deepspec_core.train.metrics import MetricsLogger, TrainProgress
+
+
+@dataclass
+class Runtime:
+    """How (not what) to run: the process environment and the knobs a caller or test may turn."""
+
+    env: DistEnv | None = None  # default: detected from the environment (torchrun, accelerate, SLURM)
+    device: str = "auto"
+    fresh: bool = False
+    progress: bool = True
+    say: Callable[[str], None] = print  # one-line notes for a user (main process only)
+    stop_after: int | None = (
+        None  # end (with a checkpoint) after this many optimizer steps, as a preemption would
+    )
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    total_steps: int
+    resumed_from: int | None
+    finished: bool
+    checkpoint: Path | None
+    val: dict[str, Any] = field(default_factory=dict)  # last validation metrics
+    train_tokens_per_s: float = 0.0
+    minutes: float = 0.0
+
+
+def lr_at(step: int, sched: Schedule, train: TrainSpec) -> float:
+    """Linear warmup to ``train.lr``, then cosine down to ``min_lr_ratio · lr`` at the last step."""
+    if step < sched.warmup_steps:
+        return train.lr * (step + 1) / sched.warmup_steps
+    span = max(1, sched.total_steps - sched.warmup_steps)
+    progress = min(1.0, (step - sched.warmup_steps) / span)
+    floor = train.min_lr_ratio
+    return train.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _micro_seed(seed: int, step: int, index: int) -> int:
+    return (seed * 1_000_003 + step) * 10_007 + index
+
+
+def _autocast(spec: RunSpec, device: torch.device) -> contextlib.AbstractContextManager:
+    mp = spec.train.mixed_precision
+    if mp == "bf16" or (mp == "auto" and device.type == "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _wrap(draft: nn.Module, spec: RunSpec, env: DistEnv, device: torch.device) -> nn.Module:
+    """DDP (default) or FSDP2 over the draft; its ``forward`` is ``forward_train``, so the hooks run."""
+    if not env.distributed:
+        return draft
+    if spec.train.distributed == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        bf16 = device.type == "cuda" and spec.train.mixed_precision != "no"
+        mp = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if bf16
+            else MixedPrecisionPolicy()
+        )
+        for layer in getattr(draft, "layers", []):
+            fully_shard(layer, mp_policy=mp)
+        return fully_shard(draft, mp_policy=mp)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(draft, device_ids=ids, broadcast_buffers=False)
+
+
+def _no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Skip the gradient all-reduce on all but the last micro-step (gradients accumulate locally)."""
+    if sync:
+        return contextlib.nullcontext()
+    if hasattr(model, "no_sync"):
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        return contextlib.nullcontext()
+    return contextlib.nullcontext()
+
+
+def _reduce_mean(values: dict[str, Any], env: DistEnv, device: torch.device) -> dict[str, Any]:
+    """Average scalar and per-position metrics over processes (each is already a micro-step mean)."""
+    if not env.distributed:
+        return values
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    flat = [torch.as_tensor(values[k], dtype=torch.float64).flatten() for k in keys]
+    buf = torch.cat(flat).to(device)
+    dist.all_reduce(buf)
+    buf = (buf / env.world_size).cpu()
+    out, i = {}, 0
+    for k, t in zip(keys, flat, strict=True):
+        chunk = buf[i : i + t.numel()].tolist()
+        out[k] = chunk if isinstance(values[k], (list, tuple)) else chunk[0]
+        i += t.numel()
+    return out
+
+
+def metrics_of(out: Any) -> dict[str, Any]:
+    """A DraftLoss → plain floats and lists (loss, per-position acceptance, τ estimates, counts)."""
+    m: dict[str, Any] = {"loss": float(out.loss.detach())}
+    for k, v in out.metrics.items():
+        v = v.detach().float().cpu() if torch.is_tensor(v) else torch.as_tensor(v, dtype=torch.float32)
+        m[k] = v.tolist() if v.ndim else float(v)
+    return m
+
+
+def draft_config(spec: RunSpec, parts: TrainParts) -> dict[str, Any]:
+    """``config.json`` of a checkpoint: what eval/export need to rebuild the draft without the spec."""
+    from deepspec_core import __version__
+
+    d = parts.draft
+    return {
+        "deepspec_version": __version__,
+        "algo": spec.draft.algo,
+        "draft": spec.draft.model_dump(mode="json"),
+        "target": {
+            "model": spec.target.model,
+            "path": parts.target_path,
+            "revision": spec.target.revision,
+            "layer_ids": list(spec.target.layer_ids),
+            "mask_token_id": spec.target.mask_token_id,
+            "hidden_size": d.hidden_size,
+            "vocab_size": d.vocab_size,
+        },
+        "trainable_parameters": d.num_trainable_parameters(),
+    }
+
+
+def _mean_metrics(records: list[dict[str, Any]], weights: list[float] | None = None) -> dict[str, Any]:
+    if not records:
+        return {}
+    w = weights or [1.0] * len(records)
+    total = sum(w) or 1.0
+    out: dict[str, Any] = {}
+    for k, v0 in records[0].items():
+        if isinstance(v0, (list, tuple)):
+            out[k] = [
+                sum(wi * r[k][j] for wi, r in zip(w, records, strict=True)) / total for j in range(len(v0))
+            ]
+        else:
+            out[k] = sum(wi * r[k] for wi, r in zip(w, records, strict=True)) / total
+    return out
+
+
+def validate(
+    parts: TrainParts, model: nn.Module, spec: RunSpec, env: DistEnv, device: torch.device
+) -> dict[str, Any]:
+    """Mean draft metrics (loss, per-position acceptance, τ estimate) on the held-out slice."""
+    if parts.num_val == 0:
+        return {}
+    batches = val_batches(list(range(parts.num_val)), spec.train.micro_batch_size, env.rank, env.world_size)
+    records, weights = [], []
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        for i, idx in enumerate(batches):
+            torch.manual_seed(_micro_seed(spec.seed, -1, i))
+            batch = parts.val_batch(idx).to(device)
+            with _autocast(spec, device):
+                out = model(batch)
+            records.append(metrics_of(out))
+            weights.append(records[-1].get("rows", float(len(idx))))
+    model.train()
+    local = _mean_metrics(records, weights)
+    if env.distributed:
+        import torch.distributed as dist
+
+        # Weight each process by its sample count (shares differ by one when the slice is uneven).
+        n = torch.tensor([sum(weights)], dtype=torch.float64, device=device)
+        scaled = {
+            k: ([x * n.item() for x in v] if isinstance(v, list) else v * n.item()) for k, v in local.items()
+        }
+        dist.all_reduce(n)
+        summed = _reduce_mean(scaled, env, device)
+        local = {
+            k: (
+                [x * env.world_size / n.item() for x in v]
+                if isinstance(v, list)
+                else v * env.world_size / n.item()
+            )
+            for k, v in summed.items()
+        }
+    return local
+
+
+def train(spec: RunSpec, runtime: Runtime | None = None) -> TrainResult:
+    rt = runtime or Runtime()
+    env = rt.env or detect_env()
+    device = pick_device(env, rt.device)
+    init_distributed(env, device)
+    say = rt.say if env.is_main else (lambda _msg: None)
+    t_start = time.time()
+
+    # 1. The run directory: resume, refuse a changed spec, or start fresh (the main process writes).
+    if env.is_main:
+        run, resume_from = ckpt.prepare_run_dir(spec, fresh=rt.fresh, write=True)
+    _barrier(env)
+    if not env.is_main:
+        run, resume_from = ckpt.prepare_run_dir(spec, fresh=False, write=False)
+
+    # 2. Data, target pieces and the draft. Every process builds the same initial weights.
+    torch.manual_seed(spec.seed)
+    parts = build_parts(spec, device, say)
+    draft = parts.draft
+    num_train = parts.num_train
+    sched = derive_schedule(spec.train, num_train, env.world_size)
+    plan = DataPlan(
+        num_train, spec.train.global_batch_size, spec.train.micro_batch_size, env.world_size, spec.seed
+    )
+
+    # 3. Resume: weights (before wrapping), optimizer, data position, RNG.
+    state = ckpt.TrainState(world_size=env.world_size, total_steps=sched.total_steps)
+    resumed_step = None
+    if resume_from is not None:
+        state = ckpt.load_train_state(resume_from)
+        if state.total_steps != sched.total_steps:
+            raise CheckpointError(
+                f"{resume_from} belongs to a run of {state.total_steps} steps, this one would have {sched.total_steps}",
+                "the training data changed; pass --fresh to start over",
+            )
+        draft.load_trainable_state_dict({k: v.to(device) for k, v in ckpt.load_weights(resume_from).items()})
+        resumed_step = state.step
+        say(f"resuming {run.path} from {resume_from.name} (step {state.step}/{sched.total_steps})")
+        if state.world_size != env.world_size:
+            say(
+                f"note: the checkpoint was written by {state.world_size} processes, now {env.world_size}: "
+                "the data order is kept, per-process RNG streams restart"
+            )
+    else:
+        say(
+            f"training {spec.draft.algo} → {run.path}: {sched.total_steps} steps, {num_train} samples, "
+            f"{draft.num_trainable_parameters():,} trainable parameters, {env.world_size} process(es) on {device.type}"
+        )
+
+    model = _wrap(draft, spec, env, device)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # after wrapping: FSDP replaces them
+    optimizer = torch.optim.AdamW(
+        trainable,
+        lr=spec.train.lr,
+        betas=spec.train.betas,
+        weight_decay=spec.train.weight_decay,
+        foreach=device.type == "cuda",
+    )
+    if resume_from is not None:
+        _load_optimizer(optimizer, model, spec, resume_from, env)
+        if not ckpt.load_rng(resume_from, env.rank):
+            torch.manual_seed(spec.seed + env.rank)
+    state.world_size = env.world_size
+
+    # 4. The loop.
+    logger = MetricsLogger(run.path, spec, state.step, say) if env.is_main else None
+    batches = parts.train_batches(plan, env.rank, state.step, sched.total_steps, spec.train.num_workers)
+    window: list[dict[str, Any]] = []
+    window_tokens, window_t0 = 0, time.time()
+    tokens_run, t_loop0 = 0, time.time()
+    val_metrics: dict[str, Any] = {}
+    last_ckpt: Path | None = None
+    stop = sched.total_steps if rt.stop_after is None else min(sched.total_steps, rt.stop_after)
+    model.train()
+    with TrainProgress(sched.total_steps, state.step, rt.progress and env.is_main) as progress:
+        for step in range(state.step, stop):
+            lr = lr_at(step, sched, spec.train)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_records, step_tokens = [], 0
+            for a in range(plan.accum):
+                batch = next(batches).to(device, non_blocking=True)
+                step_tokens += int(batch.attention_mask.sum())
+                torch.manual_seed(_micro_seed(spec.seed, step, a * env.world_size + env.rank))
+                last = a == plan.accum - 1
+                with _no_sync(model, last), _autocast(spec, device):
+                    out = model(batch)
+                (out.loss.float() / plan.accum).backward()
+                step_records.append(metrics_of(out))
+            if spec.train.distributed == "fsdp" and hasattr(model, "set_requires_gradient_sync"):
+                model.set_requires_gradient_sync(True)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                trainable, spec.train.grad_clip if spec.train.grad_clip > 0 else float("inf")
+            )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            state.step = step + 1
+            state.epoch, state.step_in_epoch = plan.position(state.step)
+            state.samples_seen += spec.train.global_batch_size
+            state.tokens_seen += step_tokens * env.world_size
+            window.append({**_mean_metrics(step_records), "grad_norm": float(grad_norm)})
+            window_tokens += step_tokens
+            tokens_run += step_tokens
+
+            if state.step % spec.train.log_every == 0 or state.step == stop:
+                metrics = _reduce_mean(_mean_metrics(window), env, device)
+                tps = window_tokens * env.world_size / max(time.time() - window_t0, 1e-9)
+                metrics.update(lr=lr, tokens_per_s=tps, epoch=state.epoch, samples=state.samples_seen)
+                if logger:
+                    logger.log(state.step, "train", metrics)
+                progress.update(state.step, metrics.get("loss"), metrics.get("tau"), lr, tps)
+                window, window_tokens, window_t0 = [], 0, time.time()
+            else:
+                progress.update(state.step)
+
+            if state.step % spec.train.val_every == 0 or state.step == sched.total_steps:
+                val_metrics = validate(parts, model, spec, env, device)
+                if val_metrics and logger:
+                    logger.log(state.step, "val", val_metrics)
+                    progress.print(_val_line(state.step, val_metrics))
+
+            if state.step % spec.train.save_every == 0 or state.step == stop:
+                last_ckpt = _save(run, state, parts, model, optimizer, spec, env)
+    if logger:
+        logger.close()
+    _barrier(env)
+    elapsed = time.time() - t_loop0
+    return TrainResult(
+        run_dir=run.path,
+        steps=state.step,
+        total_steps=sched.total_steps,
+        resumed_from=resumed_step,
+        finished=state.step >= sched.total_steps,
+        checkpoint=last_ckpt or run.latest(),
+        val=val_metrics,
+        train_tokens_per_s=tokens_run * env.world_size / max(elapsed, 1e-9),
+        minutes=(time.time() - t_start) / 60,
+    )
+
+
+def _val_line(step: int, m: dict[str, Any]) -> str:
+    acc = m.get("acceptance")
+    acc_s = " ".join(f"{x:.2f}" for x in acc) if isinstance(acc, list) else "-"
+    return f"[cyan]val[/] step {step}: loss {m.get('loss', float('nan')):.4f}  τ≈{m.get('tau', float('nan')):.3f}  acceptance {acc_s}"
+
+
+def _barrier(env: DistEnv) -> None:
+    if env.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _gather_rng(env: DistEnv) -> list[dict[str, Any]]:
+    mine = ckpt.rng_state()
+    if not env.distributed:
+        return [mine]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def _save(
+    run: ckpt.RunDir,
+    state: ckpt.TrainState,
+    parts: TrainParts,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    spec: RunSpec,
+    env: DistEnv,
+) -> Path | None:
+    """Checkpoint collectively (FSDP gathers full tensors on every process); the main process writes."""
+    if spec.train.distributed == "fsdp" and env.distributed:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        full = get_model_state_dict(model, options=opts)
+        weights = {k: v for k, v in full.items() if not k.startswith(FROZEN_PREFIXES)}
+        optim_state = get_optimizer_state_dict(model, optimizer, options=opts)
+    else:
+        weights = parts.draft.trainable_state_dict()
+        optim_state = optimizer.state_dict()
+    rngs = _gather_rng(env)
+    path = None
+    if env.is_main:
+        path = ckpt.save_checkpoint(
+            run, state, weights, draft_config(spec, parts), spec, optim_state, rngs, spec.train.keep_last
+        )
+    _barrier(env)
+    return path or run.step_dir(state.step)
+
+
+def _load_optimizer(
+    optimizer: torch.optim.Optimizer, model: nn.Module, spec: RunSpec, step_dir: Path, env: DistEnv
+) -> None:
+    saved = ckpt.load_optimizer_state(step_dir)
+    if saved is None:
+        return
+    if spec.train.distributed == "fsdp" and env.distributed:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, saved, options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(saved)

@@ -1,0 +1,159 @@
+"""What a training run shows and records: rich progress, ``metrics.jsonl``, TensorBoard, wandb.
+
+Only the main process logs. ``metrics.jsonl`` has one JSON object per logging step
+(``{"step", "kind": "train" | "val", "time", ...metrics}``); on resume, records after the resumed
+step are dropped so that the file describes exactly one history.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from deepspec_core.io import atomic_write_text
+from deepspec_core.spec import RunSpec
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """Flatten lists (per-position values) to ``name_<k>`` scalars, 1-based as positions are counted."""
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if isinstance(v, (list, tuple)):
+            out.update({f"{k}_{i + 1}": float(x) for i, x in enumerate(v)})
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+def truncate_metrics(path: Path, after_step: int) -> None:
+    """Drop records with ``step > after_step`` (they belong to a history that resume discards)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= after_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+class MetricsLogger:
+    """Appends to metrics.jsonl and mirrors to TensorBoard / wandb when they are installed and asked for."""
+
+    def __init__(self, run_dir: Path, spec: RunSpec, resume_step: int, say: Callable[[str], None]):
+        self.path = run_dir / "metrics.jsonl"
+        truncate_metrics(self.path, resume_step)
+        self._file = open(self.path, "a")  # noqa: SIM115 — kept open for the whole run
+        self._tb = None
+        self._wandb = None
+        if spec.train.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=resume_step + 1)
+            except ImportError:
+                say("tensorboard is not installed: logging to metrics.jsonl only (pip install tensorboard)")
+        if spec.train.wandb:
+            try:
+                import wandb
+
+                self._wandb = wandb.init(
+                    project=spec.project,
+                    name=spec.name,
+                    id=f"{spec.project}-{spec.name}".replace("/", "-"),
+                    resume="allow",
+                    dir=str(run_dir),
+                    config=spec.model_dump(mode="json"),
+                )
+            except ImportError:
+                say("train.wandb is set but wandb is not installed (pip install wandb): skipping wandb")
+            except Exception as err:  # wandb not logged in, offline, ...: training must not die of it
+                say(f"wandb could not start ({type(err).__name__}: {err}): skipping wandb")
+
+    def log(self, step: int, kind: str, metrics: dict[str, Any]) -> None:
+        record = {"step": step, "kind": kind, "time": round(time.time(), 3), **metrics}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        scalars = _scalars(metrics)
+        if self._tb is not None:
+            for k, v in scalars.items():
+                if math.isfinite(v):
+                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+        if self._wandb is not None:
+            self._wandb.log({f"{kind}/{k}": v for k, v in scalars.items()}, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+class TrainProgress:
+    """Rich progress bar: step/total, loss, τ estimate, lr, tokens/s, elapsed and ETA."""
+
+    def __init__(self, total: int, start: int, enabled: bool, console: Console | None = None):
+        self.enabled = enabled
+        self._progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "loss {task.fields[loss]}  τ≈{task.fields[tau]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"
+            ),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
+        )
+        self._task = self._progress.add_task(
+            "train", total=total, completed=start, loss="-", tau="-", lr="-", tps="-"
+        )
+
+    def __enter__(self) -> TrainProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(
+        self,
+        step: int,
+        loss: float | None = None,
+        tau: float | None = None,
+        lr: float | None = None,
+        tokens_per_s: float | None = None,
+    ) -> None:
+        fields: dict[str, str] = {}
+        if loss is not None:
+            fields["loss"] = f"{loss:.4f}"
+        if tau is not None:
+            fields["tau"] = f"{tau:.2f}"
+        if lr is not None:
+            fields["lr"] = f"{lr:.2e}"
+        if tokens_per_s is not None:
+            fields["tps"] = f"{tokens_per_s:,.0f}"
+        self._progress.update(self._task, completed=step, **fields)
+
+    def print(self, message: str) -> None:
+        if self.enabled:
+            self._progress.console.print(message)

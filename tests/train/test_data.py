@@ -1,0 +1,62 @@
+"""Data order: a pure function of (seed, epoch), the same global batches for any process count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deepspec_core.errors import SpecError
+from deepspec_core.train.data import DataPlan, StepBatchSampler, epoch_permutation, holdout_sizes, val_batches
+
+
+def test_permutation_is_deterministic_and_changes_with_epoch_and_seed():
+    a = epoch_permutation(100, seed=3, epoch=0)
+    assert np.array_equal(a, epoch_permutation(100, seed=3, epoch=0))
+    assert sorted(a.tolist()) == list(range(100))
+    assert not np.array_equal(a, epoch_permutation(100, seed=3, epoch=1))
+    assert not np.array_equal(a, epoch_permutation(100, seed=4, epoch=0))
+
+
+def test_global_batch_is_the_same_whatever_the_process_count():
+    one = DataPlan(num_samples=50, global_batch=8, micro_batch=2, world_size=1, seed=0)
+    two = DataPlan(num_samples=50, global_batch=8, micro_batch=2, world_size=2, seed=0)
+    assert (one.accum, two.accum) == (4, 2)
+    for step in range(10):  # crosses the epoch boundary (6 steps per epoch)
+        single = one.micro_batches(step, 0)
+        # Micro-batch i of the global batch is (micro-step i // world, rank i % world).
+        multi = [two.micro_batches(step, r)[a] for a in range(two.accum) for r in range(2)]
+        assert single == multi
+        assert len({i for mb in single for i in mb}) == 8
+
+
+def test_epoch_covers_each_sample_at_most_once_and_drops_the_tail():
+    plan = DataPlan(num_samples=50, global_batch=8, micro_batch=4, world_size=1, seed=1)
+    assert plan.steps_per_epoch == 6
+    seen = [i for s in range(6) for mb in plan.micro_batches(s, 0) for i in mb]
+    assert len(seen) == len(set(seen)) == 48
+    assert plan.position(13) == (2, 1)
+
+
+def test_sampler_resumes_where_it_stopped():
+    plan = DataPlan(num_samples=40, global_batch=4, micro_batch=2, world_size=1, seed=7)
+    full = list(StepBatchSampler(plan, 0, 0, 25))
+    tail = list(StepBatchSampler(plan, 0, 17, 25))
+    assert len(full) == 50 and full[34:] == tail
+
+
+def test_fewer_samples_than_a_batch_still_yields_full_batches():
+    plan = DataPlan(num_samples=3, global_batch=8, micro_batch=4, world_size=1, seed=0)
+    assert [len(mb) for mb in plan.micro_batches(0, 0)] == [4, 4]
+
+
+def test_val_batches_split_over_processes():
+    idx = list(range(10))
+    parts = [val_batches(idx, 3, r, 2) for r in range(2)]
+    flat = sorted(i for p in parts for mb in p for i in mb)
+    assert flat == idx
+
+
+def test_holdout_needs_training_samples():
+    assert holdout_sizes(10, 3) == (7, 3)
+    with pytest.raises(SpecError, match="val_samples"):
+        holdout_sizes(3, 3)
