@@ -4,7 +4,7 @@ Adding an algorithm: a module defining a DraftModel subclass registered with ``@
 and one import line below.
 """
 
-from . import dflash, eagle3  # noqa: E402,F401  (registration)
+from . import dflash, dspark, eagle3  # noqa: E402,F401  (registration)
 from .base import (
     DRAFTS,
     DraftBatch,

@@ -141,6 +141,15 @@ class DFlashDraft(DraftModel):
         prev = torch.cat([ids.gather(1, anchors)[..., None], labels[..., :-1]], dim=-1)  # x_{a+k−1}
         return self.block_loss(hidden, labels, prev, target_h, valid)
 
+    @torch.no_grad()
+    def block_logits(self, batch: DraftBatch, anchors: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced draft logits (B, N, γ, V) of blocks at ``anchors``: slot k predicts x_{a+k}."""
+        ids = batch.input_ids
+        hidden = self.block_hidden(batch, anchors)
+        pos = (anchors[..., None] + torch.arange(self.block_size, device=ids.device)).clamp(max=ids.shape[1] - 1)
+        prev = ids.gather(1, pos.reshape(ids.shape[0], -1)).view_as(pos)  # x_{a+k−1}
+        return self.row_logits(*self.row_inputs(hidden, prev)).float()
+
     def row_inputs(self, hidden: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-prediction inputs of ``row_logits``: (B, N, γ, ·) tensors. DFlash: the hidden state only."""
         return (hidden,)

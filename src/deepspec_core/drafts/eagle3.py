@@ -126,49 +126,60 @@ class Eagle3Draft(DraftModel):
         return x, kvs
 
     # -- training -------------------------------------------------------------------------------
-    def forward_train(self, batch: DraftBatch) -> DraftLoss:
-        ids, lm = batch.input_ids, batch.loss_mask.bool()
+    def _ttt(self, batch: DraftBatch):
+        """Yield (step i, outputs (B, T, H)) of the training-time-test unroll."""
+        ids = batch.input_ids
         b, t = ids.shape
-        dev = ids.device
-        steps = self.spec.ttt_length
-        pos = torch.arange(t, device=dev)
-        lengths = batch.attention_mask.sum(-1, keepdim=True)  # (B, 1)
-        fused = self.fusion(batch.aux_hidden)  # (B, T, H)
-
-        # valid[:, :, i]: the step-i prediction at t (token t+2+i) is supervised, as are all before it.
-        label = (pos[None, :, None] + 2 + torch.arange(steps, device=dev)).expand(b, t, steps)  # (B, T, S)
-        in_range = label < lengths[..., None]
-        sup = lm.gather(1, label.clamp(max=t - 1).reshape(b, -1)).view(b, t, steps)
-        valid = torch.cumprod((in_range & sup).long(), -1).bool()
-
+        pos = torch.arange(t, device=ids.device)
         causal = pos[:, None] >= pos[None, :]
-        diag = torch.eye(t, dtype=torch.bool, device=dev)
-        hidden, prefix = fused, None
-        correct, accept, loss = [], [], fused.new_zeros((), dtype=torch.float32)
-        weights = losses.step_weights(steps, self.spec.step_decay)
-        for i in range(steps):
-            in_ids = ids.gather(1, (pos + 1 + i).clamp(max=t - 1)[None].expand(b, t))
+        diag = torch.eye(t, dtype=torch.bool, device=ids.device)
+        hidden, prefix = self.fusion(batch.aux_hidden), None  # (B, T, H)
+        for i in range(self.spec.ttt_length):
+            in_ids = ids.gather(1, (pos + 1 + i).clamp(max=t - 1)[None].expand(b, t))  # x_{t+1+i}
             rope = self.rotary(hidden, (pos + i)[None].expand(b, t))
             mask = torch.cat([causal] + [diag] * i, dim=1)[None, None]  # (1, 1, T, (i+1)T)
             out, kvs = self._step(self.embed(in_ids), hidden, rope, mask, prefix)
             prefix = cat_kv(prefix, kvs)
+            yield i, out
+            hidden = out
+
+    @torch.no_grad()
+    def teacher_forced_logits(self, batch: DraftBatch) -> torch.Tensor:
+        """Draft logits over the target vocabulary (B, T, steps, V): step i at t predicts x_{t+2+i}."""
+        outs = []
+        for _, out in self._ttt(batch):
+            logits = self._logits(out).float()
+            if self.draft_head is not None:
+                full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
+                logits = full.index_copy_(-1, self.draft_ids, logits)
+            outs.append(logits)
+        return torch.stack(outs, 2)
+
+    def forward_train(self, batch: DraftBatch) -> DraftLoss:
+        ids, lm = batch.input_ids, batch.loss_mask.bool()
+        b, t = ids.shape
+        dev, steps, h = ids.device, self.spec.ttt_length, self.hidden_size
+        pos = torch.arange(t, device=dev)
+        lengths = batch.attention_mask.sum(-1, keepdim=True)  # (B, 1)
+        # valid[:, :, i]: the step-i prediction at t (token t+2+i) is supervised, as are all before it.
+        label = (pos[None, :, None] + 2 + torch.arange(steps, device=dev)).expand(b, t, steps)  # (B, T, S)
+        sup = lm.gather(1, label.clamp(max=t - 1).reshape(b, -1)).view(b, t, steps)
+        valid = torch.cumprod(((label < lengths[..., None]) & sup).long(), -1).bool()
+        weights = losses.step_weights(steps, self.spec.step_decay)
+        correct, accept = torch.zeros(b * t, steps, device=dev), torch.zeros(b * t, steps, device=dev)
+        loss = torch.zeros((), device=dev)
+        for i, out in self._ttt(batch):
             rows = valid[:, :, i].reshape(-1).nonzero().squeeze(-1)  # only supervised rows cost vocab work
-            tgt = batch.final_hidden.gather(
-                1, (pos + 1 + i).clamp(max=t - 1)[None, :, None].expand(b, t, self.hidden_size)
-            ).reshape(-1, self.hidden_size)
+            tgt = batch.final_hidden.gather(1, (pos + 1 + i).clamp(max=t - 1)[None, :, None].expand(b, t, h))
             terms = losses.vocab_terms(
-                self._logits, (out.reshape(-1, self.hidden_size)[rows],), tgt[rows], self.target_head.weight,
+                self._logits, (out.reshape(-1, h)[rows],), tgt.reshape(-1, h)[rows], self.target_head.weight,
                 want=("soft_ce", "tv", "correct"), grad_terms=("soft_ce",), draft_ids=self.draft_ids,
                 softcap=self.softcap,
             )
             loss = loss + float(weights[i]) * terms["soft_ce"].sum() / max(1, rows.numel())
-            c = torch.zeros(b * t, device=dev)
-            a = torch.zeros(b * t, device=dev)
-            c[rows], a[rows] = terms["correct"], 1.0 - terms["tv"].detach()
-            correct.append(c)
-            accept.append(a)
-            hidden = out
-        metrics = block_metrics(torch.stack(correct, -1), torch.stack(accept, -1), valid.reshape(b * t, steps))
+            correct[rows, i] = terms["correct"]
+            accept[rows, i] = 1.0 - terms["tv"].detach()
+        metrics = block_metrics(correct, accept, valid.reshape(b * t, steps))
         metrics["loss"] = loss.detach()
         return DraftLoss(loss=loss, metrics=metrics)
 

@@ -53,12 +53,11 @@ def family_of(target_config) -> Family:
     model_type = getattr(cfg, "model_type", "")
     module, prefix = _FAMILIES.get(model_type, _FAMILIES["qwen3"])
     mod = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
-    text = "Text" if model_type == "gemma3_text" else ""
     return Family(
         name=model_type if model_type in _FAMILIES else "qwen3",
         decoder_layer=getattr(mod, f"{prefix}DecoderLayer"),
         rms_norm=getattr(mod, f"{prefix}RMSNorm"),
-        rotary=getattr(mod, f"{prefix}{text}RotaryEmbedding"),
+        rotary=getattr(mod, f"{prefix}RotaryEmbedding"),
         native=model_type in _FAMILIES,
     )
 

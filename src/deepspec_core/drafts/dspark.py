@@ -1,0 +1,106 @@
+"""DSpark: the DFlash backbone (anchor-predicts or original variant) plus a sequential head and a
+confidence head (see heads.py).
+
+Slot k's logits are the backbone's U_k plus the sequential head's bias from x_{k−1} (teacher
+forced in training, the just-drafted token at decode time, so proposals are sampled left to
+right). The confidence head predicts the acceptance probability 1 − TV_k of slot k.
+
+Loss (each term a mean over supervised slots weighted by w_k = exp(−(k−1)/loss_decay)):
+    ce_weight · CE(data token) + tv_weight · ‖p_d − p_t‖₁ + bce_weight · BCE(c_k, 1 − ½‖p_d − p_t‖₁)
+The middle term is the L1 distance (= 2·TV) as in the paper's formula and the reference code;
+the BCE target is the acceptance probability, not differentiated.
+With markov_rank 0 (no sequential head), no confidence head and tv_weight 0, DSpark computes
+exactly DFlash's predictions and ce_weight × DFlash's loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deepspec_core import losses
+
+from .base import DRAFTS, DraftLoss, Proposal, block_metrics, sample_from_logits
+from .dflash import DFlashDraft
+from .heads import ConfidenceHead, build_sequential_head
+
+
+@DRAFTS.register("dspark")
+class DSparkDraft(DFlashDraft):
+    algo = "dspark"
+
+    def __init__(self, draft_spec, target_spec, target_config, embed_weight, lm_head_weight):
+        super().__init__(draft_spec, target_spec, target_config, embed_weight, lm_head_weight)
+        s = draft_spec
+        self.seq_head = build_sequential_head(s.sequential_head, self.vocab_size, s.markov_rank, self.hidden_size)
+        extra = s.markov_rank if self.seq_head is not None else 0
+        self.confidence = ConfidenceHead(self.hidden_size + extra) if s.confidence_head else None
+
+    # -- per-slot logits ------------------------------------------------------------------------
+    def row_inputs(self, hidden: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.seq_head is None:
+            return (hidden,)
+        return hidden, self.seq_head.features(prev, hidden)
+
+    def row_logits(self, h: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        logits = self.head_logits(h)
+        if not extra:
+            return logits
+        return logits.float() + self.seq_head.bias(extra[0]).float()
+
+    def confidence_logits(self, hidden: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """(…, γ, H), (…, γ) → confidence logits (…, γ)."""
+        emb = self.seq_head.token_embedding(prev) if self.seq_head is not None else None
+        return self.confidence(hidden, emb)
+
+    # -- training -------------------------------------------------------------------------------
+    def block_loss(self, hidden, labels, prev, target_h, valid) -> DraftLoss:
+        s = self.spec
+        grad_terms = ("ce", "tv") if s.tv_weight > 0 else ("ce",)
+        terms = self.vocab_rows(hidden, labels, prev, target_h, valid, ("ce", "tv", "correct"), grad_terms)
+        v = valid.reshape(-1, self.block_size)
+        w = losses.position_weights(self.block_size, s.loss_decay, hidden.device) * v
+        ce = losses.weighted_mean(terms["ce"], w)
+        l1 = losses.weighted_mean(2.0 * terms["tv"], w)
+        accept = 1.0 - terms["tv"].detach()
+        loss = s.ce_weight * ce + (s.tv_weight * l1 if s.tv_weight > 0 else 0.0)
+        metrics = {"ce": ce.detach(), "l1": l1.detach()}
+        if self.confidence is not None:
+            conf = self.confidence_logits(hidden, prev).reshape(-1, self.block_size)
+            bce = losses.weighted_mean(losses.bce_towards(conf, accept), w)
+            loss = loss + s.bce_weight * bce
+            with torch.no_grad():
+                err = torch.sigmoid(conf) - accept
+                metrics.update(bce=bce.detach(), conf_abs_error=losses.weighted_mean(err.abs(), v),
+                               conf_bias=losses.weighted_mean(err, v))
+        metrics.update(block_metrics(terms["correct"], accept, v))
+        metrics["loss"] = loss.detach()
+        return DraftLoss(loss=loss, metrics=metrics)
+
+    # -- decoding -------------------------------------------------------------------------------
+    def sample_block(self, hidden: torch.Tensor, last_token: torch.Tensor, temperature: float,
+                     generator: torch.Generator | None) -> Proposal:
+        """Left to right: slot k's distribution depends on the token drafted at slot k−1."""
+        if self.seq_head is None:
+            prop = super().sample_block(hidden, last_token, temperature, generator)
+            if self.confidence is not None:
+                prop.confidences = torch.sigmoid(self.confidence(hidden))
+            return prop
+        b, k, _ = hidden.shape
+        prev, state = last_token, None
+        tokens, probs, dists, confs = [], [], [], []
+        for i in range(k):
+            h = hidden[:, i]
+            e, state = self.seq_head.step(prev, h, state)
+            if self.confidence is not None:
+                confs.append(torch.sigmoid(self.confidence(h, self.seq_head.token_embedding(prev))))
+            tok, p, dist = sample_from_logits(self.row_logits(h, e), temperature, generator)
+            tokens.append(tok)
+            probs.append(p)
+            dists.append(dist)
+            prev = tok
+        return Proposal(
+            tokens=torch.stack(tokens, 1),
+            probs=torch.stack(probs, 1),
+            dists=None if temperature <= 0 else torch.stack(dists, 1),
+            confidences=torch.stack(confs, 1) if confs else None,
+        )

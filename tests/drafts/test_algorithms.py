@@ -1,0 +1,130 @@
+"""Behaviour shared by the three algorithms: shapes, frozen weights, overfitting, proposals."""
+
+import pytest
+import torch
+from draft_helpers import VOCAB, make_batch, make_draft
+
+ALGOS = ["eagle3", "dflash", "dspark"]
+
+
+def _train(draft, batch, steps, lr=1e-2, **fw):
+    opt = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=lr)
+    first = last = None
+    for _ in range(steps):
+        out = draft.forward_train(batch, **fw)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        first = out if first is None else first
+        last = out
+    return first, last
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_forward_train_shapes_and_dtypes(algo):
+    d = make_draft(algo, block_size=4, num_anchors=6) if algo != "eagle3" else make_draft(algo, ttt_length=3)
+    out = d.forward_train(make_batch())
+    k = 3 if algo == "eagle3" else 4
+    assert out.loss.shape == () and out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    m = out.metrics
+    assert m["acc_per_pos"].shape == (k,) and m["accept_per_pos"].shape == (k,)
+    assert 1.0 <= m["tau_greedy"].item() <= k + 1 and 1.0 <= m["tau_expected"].item() <= k + 1
+    assert all(not v.requires_grad for v in m.values())
+    assert ((m["accept_per_pos"] >= 0) & (m["accept_per_pos"] <= 1)).all()
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_gradients_reach_only_trainable_parameters(algo):
+    d = make_draft(algo, num_anchors=6) if algo != "eagle3" else make_draft(algo)
+    d.forward_train(make_batch()).loss.backward()
+    assert d.embed_tokens.weight.grad is None and d.target_head.weight.grad is None
+    trainable = {n: p for n, p in d.named_parameters() if p.requires_grad}
+    assert all(p.grad is not None for p in trainable.values()), [n for n, p in trainable.items() if p.grad is None]
+    assert trainable["fusion.fc.weight"].grad.abs().sum() > 0
+    assert d.layers[0].layer.self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_overfits_one_tiny_batch(algo):
+    torch.manual_seed(0)
+    kw = dict(ttt_length=3) if algo == "eagle3" else dict(block_size=3, num_anchors=16)
+    d = make_draft(algo, **kw)
+    batch = make_batch(lengths=(20, 14))
+    fixed = {}
+    if algo != "eagle3":
+        from deepspec_core.drafts.dflash import sample_anchors
+
+        anchors, keep = sample_anchors(batch.loss_mask, 16, torch.Generator().manual_seed(0))
+        fixed = dict(anchors=anchors, keep=keep)
+    first, last = _train(d, batch, steps=150, **fixed)
+    assert last.loss.item() < first.loss.item() / 4, (first.loss.item(), last.loss.item())
+    assert last.metrics["tau_greedy"] > first.metrics["tau_greedy"]
+
+
+def test_sample_anchors_respects_the_loss_mask():
+    from deepspec_core.drafts.dflash import sample_anchors
+
+    lm = torch.tensor([[0, 0, 1, 1, 1, 0, 1, 1], [0, 1, 0, 1, 0, 1, 0, 0]], dtype=torch.bool)
+    anchors, keep = sample_anchors(lm, 8, torch.Generator().manual_seed(0))
+    assert anchors.shape == (2, 7)
+    got = [sorted(a[k].tolist()) for a, k in zip(anchors, keep, strict=True)]
+    assert got == [[2, 3, 6], []]
+    few, keep2 = sample_anchors(lm, 2)
+    assert keep2[0].all() and set(few[0].tolist()) <= {2, 3, 6} and few[0, 0] < few[0, 1]
+
+
+def _continue(batch, n, tokens):
+    """A one-row batch: the first n+1 tokens of row 0, then ``tokens``; features random beyond n."""
+    ids = torch.cat([batch.input_ids[:1, : n + 1], tokens], dim=1)
+    t = ids.shape[1]
+    aux = torch.cat([batch.aux_hidden[:1, :n], torch.randn(1, t - n, *batch.aux_hidden.shape[2:])], dim=1)
+    from deepspec_core.drafts.base import DraftBatch
+
+    return DraftBatch(ids, torch.ones_like(ids), torch.ones_like(ids, dtype=torch.bool), aux,
+                      torch.randn(1, t, batch.final_hidden.shape[-1]))
+
+
+@pytest.mark.parametrize("algo,variant", [("eagle3", {}), ("eagle3", {"draft_vocab_size": 40}), ("dflash", {}),
+                                          ("dflash", {"predict_from_anchor": False}), ("dspark", {}),
+                                          ("dspark", {"sequential_head": "rnn", "markov_rank": 8})])
+def test_propose_agrees_with_teacher_forced_training(algo, variant):
+    torch.manual_seed(0)
+    d = make_draft(algo, **variant).eval()
+    for p in d.parameters():  # a trained-looking draft: the heads' W2 starts at zero
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.2)
+    batch, n, k = make_batch(lengths=(24,)), 10, 3
+    d.start(batch.input_ids[:, :n], batch.aux_hidden[:, :n])
+    gen = torch.Generator().manual_seed(1)
+    prop = d.propose(batch.input_ids[:, n], k, temperature=1.0, generator=gen)
+    assert prop.tokens.shape == (1, k) and prop.probs.dtype == torch.float32 and prop.dists.shape == (1, k, VOCAB)
+    assert torch.allclose(prop.dists.sum(-1), torch.ones(1, k))
+    assert torch.allclose(prop.dists.gather(-1, prop.tokens[..., None])[..., 0], prop.probs)
+    tf = _continue(batch, n, prop.tokens)
+    if algo == "eagle3":
+        logits = d.teacher_forced_logits(tf)[0, n - 1]  # (steps, V): position n−1 drafts x_{n+1..}
+    else:
+        logits = d.block_logits(tf, torch.tensor([[n]]))[0, 0]
+    assert torch.allclose(torch.softmax(logits[:k], -1), prop.dists[0], atol=1e-5)
+    greedy = d.propose(batch.input_ids[:, n], k, temperature=0.0)
+    assert greedy.dists is None and (greedy.probs == 1).all()
+    if algo == "dspark":
+        assert prop.confidences.shape == (1, k) and ((prop.confidences > 0) & (prop.confidences < 1)).all()
+    if variant.get("draft_vocab_size"):
+        assert d.t2d[prop.tokens].all() and (prop.dists[0][:, ~d.t2d] == 0).all()
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_commit_matches_a_fresh_start(algo):
+    """Ingesting in rounds gives the same proposals as ingesting everything at once."""
+    d = make_draft(algo).eval()
+    batch = make_batch(lengths=(24,))
+    ids, aux = batch.input_ids, batch.aux_hidden
+    d.start(ids[:, :8], aux[:, :8])
+    d.propose(ids[:, 8], 3)  # scratch work must not leak into the state
+    d.commit(ids[:, 8:11], aux[:, 8:11])
+    d.commit(ids[:, 11:12], aux[:, 11:12])
+    a = d.propose(ids[:, 12], 3, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    d.start(ids[:, :12], aux[:, :12])
+    b = d.propose(ids[:, 12], 3, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.tokens, b.tokens) and torch.allclose(a.dists, b.dists, atol=1e-5)
