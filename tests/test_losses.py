@@ -1,0 +1,108 @@
+"""Each loss against its naive formula; the chunked driver against an unchunked computation."""
+
+import math
+
+import pytest
+import torch
+
+from deepspec_core import losses
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _logits(n=6, v=11, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, v, generator=g) * 3, torch.randn(n, v, generator=g) * 3
+
+
+def test_soft_cross_entropy_matches_the_formula():
+    q, p = _logits()
+    pp, qq = p.softmax(-1), q.softmax(-1)
+    naive = torch.stack([-sum(pp[i, v] * math.log(qq[i, v]) for v in range(11)) for i in range(6)])
+    assert torch.allclose(losses.soft_cross_entropy(q, p), naive.float(), atol=1e-5)
+
+
+def test_cross_entropy_matches_the_formula_and_ignores():
+    q, _ = _logits()
+    y = torch.tensor([0, 3, 10, -100, 5, 5])
+    out = losses.cross_entropy(q, y)
+    for i in range(6):
+        want = 0.0 if y[i] < 0 else -math.log(q[i].softmax(-1)[y[i]])
+        assert out[i].item() == pytest.approx(want, abs=1e-5)
+
+
+def test_total_variation_is_half_l1_and_one_minus_overlap():
+    q, p = _logits()
+    tv = losses.total_variation(q, p)
+    assert torch.allclose(tv, 0.5 * (q.softmax(-1) - p.softmax(-1)).abs().sum(-1), atol=1e-6)
+    assert torch.allclose(tv, 1 - torch.minimum(q.softmax(-1), p.softmax(-1)).sum(-1), atol=1e-6)
+    assert ((tv >= 0) & (tv <= 1)).all() and losses.total_variation(p, p).abs().max() < 1e-6
+
+
+def test_bce_towards_matches_the_formula():
+    z, c = torch.tensor([-2.0, 0.0, 3.0]), torch.tensor([0.1, 0.5, 1.0])
+    s = torch.sigmoid(z)
+    naive = -(c * s.log() + (1 - c) * (1 - s).log())
+    assert torch.allclose(losses.bce_towards(z, c), naive, atol=1e-6)
+
+
+def test_position_and_step_weights():
+    assert losses.position_weights(3, 4.0).tolist() == pytest.approx([1.0, math.exp(-0.25), math.exp(-0.5)])
+    assert losses.step_weights(3, 0.8).tolist() == pytest.approx([1.0, 0.8, 0.64])
+    assert losses.weighted_mean(torch.ones(3), torch.zeros(3)).item() == 0.0
+
+
+def test_bf16_logits_are_softmaxed_in_fp32():
+    q, p = _logits()
+    out = losses.soft_cross_entropy(q.bfloat16(), p.bfloat16())
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, losses.soft_cross_entropy(q.bfloat16().float(), p.bfloat16().float()))
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 64])
+def test_vocab_terms_chunked_equals_unchunked(chunk):
+    g = torch.Generator().manual_seed(0)
+    n, h, v = 10, 8, 32
+    w_draft = torch.randn(v, h, generator=g, requires_grad=True)
+    w_target = torch.randn(v, h, generator=g)
+    x = torch.randn(n, h, generator=g, requires_grad=True)
+    th = torch.randn(n, h, generator=g)
+    y = torch.randint(0, v, (n,), generator=g)
+
+    def fn(rows):
+        return rows @ w_draft.T
+
+    terms = losses.vocab_terms(fn, (x,), th, w_target, labels=y, want=("soft_ce", "ce", "tv", "correct"),
+                               grad_terms=("soft_ce", "ce", "tv"), chunk_rows=chunk)
+    (terms["soft_ce"].sum() + terms["ce"].sum() + terms["tv"].sum()).backward()
+    grads = x.grad.clone(), w_draft.grad.clone()
+    x.grad = w_draft.grad = None
+    q, p = fn(x), th @ w_target.T
+    naive = (losses.soft_cross_entropy(q, p), losses.cross_entropy(q, y), losses.total_variation(q, p))
+    sum(t.sum() for t in naive).backward()
+    for name, want in zip(("soft_ce", "ce", "tv"), naive, strict=True):
+        assert torch.allclose(terms[name], want.detach(), atol=1e-5), name
+    assert torch.equal(terms["correct"], (q.argmax(-1) == p.argmax(-1)).float())
+    assert torch.allclose(grads[0], x.grad, atol=1e-5) and torch.allclose(grads[1], w_draft.grad, atol=1e-5)
+
+
+def test_vocab_terms_with_a_reduced_draft_vocabulary():
+    g = torch.Generator().manual_seed(1)
+    n, h, v = 5, 8, 20
+    ids = torch.tensor([1, 4, 5, 9, 13, 19])
+    w_t = torch.randn(v, h, generator=g)
+    x, th = torch.randn(n, h, generator=g), torch.randn(n, h, generator=g)
+    wd = torch.randn(len(ids), h, generator=g)
+    terms = losses.vocab_terms(lambda r: r @ wd.T, (x,), th, w_t, draft_ids=ids, want=("soft_ce", "tv", "correct"))
+    q_small = (x @ wd.T).softmax(-1)
+    q_full = torch.zeros(n, v).index_copy(1, ids, q_small)
+    p_full = (th @ w_t.T).softmax(-1)
+    assert torch.allclose(terms["tv"], 0.5 * (q_full - p_full).abs().sum(-1), atol=1e-5)
+    assert torch.allclose(terms["soft_ce"], losses.soft_cross_entropy(x @ wd.T, (th @ w_t.T)[:, ids]), atol=1e-5)
+    assert torch.equal(terms["correct"], (ids[q_small.argmax(-1)] == p_full.argmax(-1)).float())
