@@ -127,3 +127,24 @@ def test_with_features_captured_from_a_real_target():
         assert torch.allclose(d.head_logits(feats.final_hidden), feats.logits, atol=1e-5)
         out = d.forward_train(batch)
         assert torch.isfinite(out.loss) and 1.0 <= out.metrics["tau_expected"].item()
+
+
+def test_build_vocab_mapping_and_reduced_head():
+    from deepspec_core.drafts.eagle3 import build_vocab_mapping
+    from deepspec_core.errors import DataError
+
+    counts = torch.zeros(VOCAB)
+    counts[[3, 50, 7, 90]] = torch.tensor([5.0, 9.0, 5.0, 1.0])
+    d2t, t2d = build_vocab_mapping(counts, 3)
+    assert t2d.nonzero().squeeze(-1).tolist() == [3, 7, 50]  # ties (3 and 7) kept by id order
+    assert (torch.arange(3) + d2t).tolist() == [3, 7, 50]
+    with pytest.raises(DataError):
+        build_vocab_mapping(counts, VOCAB + 1)
+    d = make_draft("eagle3", draft_vocab_size=3)
+    d.set_vocab_mapping(d2t, t2d)
+    assert torch.equal(d.draft_ids, torch.tensor([3, 7, 50]))
+    assert torch.equal(d.draft_head.weight, d.target_head.weight[[3, 7, 50]])
+    assert {"d2t", "t2d", "draft_head.weight"} <= set(d.trainable_state_dict())
+    d.eval().start(torch.tensor([[1, 2, 3]]), torch.randn(1, 3, 2, HIDDEN))
+    p = d.propose(torch.tensor([4]), 2)
+    assert set(p.tokens.flatten().tolist()) <= {3, 7, 50}
