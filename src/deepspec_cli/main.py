@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from deepspec_cli import compare_cmd, data_cmd, spec_cmd, target_cmd
+from deepspec_cli import compare_cmd, data_cmd, spec_cmd, target_cmd, train_cmd
 from deepspec_core import __version__
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app.add_typer(spec_cmd.app, name="spec")
 app.add_typer(target_cmd.app, name="target")
 app.add_typer(data_cmd.app, name="data")
 app.command("compare")(compare_cmd.compare_command)
+app.command("train")(train_cmd.train)
 
 
 def _version(value: bool) -> None:

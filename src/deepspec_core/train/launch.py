@@ -77,16 +77,17 @@ def pick_device(env: DistEnv, device: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(env: DistEnv, device: torch.device) -> None:
-    """Join the process group (NCCL on GPUs, gloo on CPU); a no-op for one process."""
+def init_distributed(env: DistEnv, device: torch.device) -> bool:
+    """Join the process group (NCCL on GPUs, gloo on CPU); False (nothing done) for one process or one already joined."""
     import torch.distributed as dist
 
     if not env.distributed or dist.is_initialized():
-        return
+        return False
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, rank=env.rank, world_size=env.world_size, timeout=timedelta(minutes=30))
+    return True
 
 
 def shutdown_distributed() -> None:

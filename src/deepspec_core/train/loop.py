@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,8 +33,14 @@ from deepspec_core.train.data import (
     build_parts,
     val_batches,
 )
-from deepspec_core.train.launch import DistEnv, detect_env, init_distributed, pick_device
-from deepspec_core.train.metrics import MetricsLogger, TrainProgress
+from deepspec_core.train.launch import (
+    DistEnv,
+    detect_env,
+    init_distributed,
+    pick_device,
+    shutdown_distributed,
+)
+from deepspec_core.train.metrics import MetricsLogger, TrainProgress, metrics_of, pooled_metrics
 
 
 @dataclass
@@ -117,34 +125,6 @@ def _no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _reduce_mean(values: dict[str, Any], env: DistEnv, device: torch.device) -> dict[str, Any]:
-    """Average scalar and per-position metrics over processes (each is already a micro-step mean)."""
-    if not env.distributed:
-        return values
-    import torch.distributed as dist
-
-    keys = sorted(values)
-    flat = [torch.as_tensor(values[k], dtype=torch.float64).flatten() for k in keys]
-    buf = torch.cat(flat).to(device)
-    dist.all_reduce(buf)
-    buf = (buf / env.world_size).cpu()
-    out, i = {}, 0
-    for k, t in zip(keys, flat, strict=True):
-        chunk = buf[i : i + t.numel()].tolist()
-        out[k] = chunk if isinstance(values[k], (list, tuple)) else chunk[0]
-        i += t.numel()
-    return out
-
-
-def metrics_of(out: Any) -> dict[str, Any]:
-    """A DraftLoss → plain floats and lists (loss, per-position acceptance, τ estimates, counts)."""
-    m: dict[str, Any] = {"loss": float(out.loss.detach())}
-    for k, v in out.metrics.items():
-        v = v.detach().float().cpu() if torch.is_tensor(v) else torch.as_tensor(v, dtype=torch.float32)
-        m[k] = v.tolist() if v.ndim else float(v)
-    return m
-
-
 def draft_config(spec: RunSpec, parts: TrainParts) -> dict[str, Any]:
     """``config.json`` of a checkpoint: what eval/export need to rebuild the draft without the spec."""
     from deepspec_core import __version__
@@ -167,67 +147,39 @@ def draft_config(spec: RunSpec, parts: TrainParts) -> dict[str, Any]:
     }
 
 
-def _mean_metrics(records: list[dict[str, Any]], weights: list[float] | None = None) -> dict[str, Any]:
-    if not records:
-        return {}
-    w = weights or [1.0] * len(records)
-    total = sum(w) or 1.0
-    out: dict[str, Any] = {}
-    for k, v0 in records[0].items():
-        if isinstance(v0, (list, tuple)):
-            out[k] = [
-                sum(wi * r[k][j] for wi, r in zip(w, records, strict=True)) / total for j in range(len(v0))
-            ]
-        else:
-            out[k] = sum(wi * r[k] for wi, r in zip(w, records, strict=True)) / total
-    return out
-
-
 def validate(
     parts: TrainParts, model: nn.Module, spec: RunSpec, env: DistEnv, device: torch.device
 ) -> dict[str, Any]:
-    """Mean draft metrics (loss, per-position acceptance, τ estimate) on the held-out slice."""
+    """Draft metrics (loss, per-position acceptance, τ estimates) pooled over the held-out slice."""
     if parts.num_val == 0:
         return {}
-    batches = val_batches(list(range(parts.num_val)), spec.train.micro_batch_size, env.rank, env.world_size)
-    records, weights = [], []
+    records = []
     model.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-        for i, idx in enumerate(batches):
-            torch.manual_seed(_micro_seed(spec.seed, -1, i))
-            batch = parts.val_batch(idx).to(device)
+        for i, idx in enumerate(
+            val_batches(list(range(parts.num_val)), spec.train.micro_batch_size, env.rank, env.world_size)
+        ):
+            torch.manual_seed(_micro_seed(spec.seed, -1, i))  # the same anchors at every validation
             with _autocast(spec, device):
-                out = model(batch)
-            records.append(metrics_of(out))
-            weights.append(records[-1].get("rows", float(len(idx))))
+                records.append(metrics_of(model(parts.val_batch(idx).to(device))))
     model.train()
-    local = _mean_metrics(records, weights)
-    if env.distributed:
-        import torch.distributed as dist
-
-        # Weight each process by its sample count (shares differ by one when the slice is uneven).
-        n = torch.tensor([sum(weights)], dtype=torch.float64, device=device)
-        scaled = {
-            k: ([x * n.item() for x in v] if isinstance(v, list) else v * n.item()) for k, v in local.items()
-        }
-        dist.all_reduce(n)
-        summed = _reduce_mean(scaled, env, device)
-        local = {
-            k: (
-                [x * env.world_size / n.item() for x in v]
-                if isinstance(v, list)
-                else v * env.world_size / n.item()
-            )
-            for k, v in summed.items()
-        }
-    return local
+    return pooled_metrics(records, env, device)
 
 
 def train(spec: RunSpec, runtime: Runtime | None = None) -> TrainResult:
+    """Train (or resume) the run of ``spec``; every process of a multi-process run calls this."""
     rt = runtime or Runtime()
     env = rt.env or detect_env()
     device = pick_device(env, rt.device)
-    init_distributed(env, device)
+    joined = init_distributed(env, device)
+    try:
+        return _train(spec, rt, env, device)
+    finally:
+        if joined:
+            shutdown_distributed()
+
+
+def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> TrainResult:
     say = rt.say if env.is_main else (lambda _msg: None)
     t_start = time.time()
 
@@ -297,7 +249,10 @@ def train(spec: RunSpec, runtime: Runtime | None = None) -> TrainResult:
     last_ckpt: Path | None = None
     stop = sched.total_steps if rt.stop_after is None else min(sched.total_steps, rt.stop_after)
     model.train()
-    with TrainProgress(sched.total_steps, state.step, rt.progress and env.is_main) as progress:
+    with (
+        TrainProgress(sched.total_steps, state.step, rt.progress and env.is_main) as progress,
+        _StopRequest(say) as stop_req,
+    ):
         for step in range(state.step, stop):
             lr = lr_at(step, sched, spec.train)
             for group in optimizer.param_groups:
@@ -324,17 +279,24 @@ def train(spec: RunSpec, runtime: Runtime | None = None) -> TrainResult:
             state.epoch, state.step_in_epoch = plan.position(state.step)
             state.samples_seen += spec.train.global_batch_size
             state.tokens_seen += step_tokens * env.world_size
-            window.append({**_mean_metrics(step_records), "grad_norm": float(grad_norm)})
+            window += [{**r, "grad_norm": float(grad_norm)} for r in step_records]
             window_tokens += step_tokens
             tokens_run += step_tokens
 
             if state.step % spec.train.log_every == 0 or state.step == stop:
-                metrics = _reduce_mean(_mean_metrics(window), env, device)
+                metrics = pooled_metrics(window, env, device)
                 tps = window_tokens * env.world_size / max(time.time() - window_t0, 1e-9)
                 metrics.update(lr=lr, tokens_per_s=tps, epoch=state.epoch, samples=state.samples_seen)
                 if logger:
                     logger.log(state.step, "train", metrics)
-                progress.update(state.step, metrics.get("loss"), metrics.get("tau"), lr, tps)
+                progress.update(
+                    state.step,
+                    metrics.get("loss"),
+                    metrics.get("tau_expected"),
+                    lr,
+                    tps,
+                    metrics.get("tau_greedy"),
+                )
                 window, window_tokens, window_t0 = [], 0, time.time()
             else:
                 progress.update(state.step)
@@ -345,8 +307,12 @@ def train(spec: RunSpec, runtime: Runtime | None = None) -> TrainResult:
                     logger.log(state.step, "val", val_metrics)
                     progress.print(_val_line(state.step, val_metrics))
 
-            if state.step % spec.train.save_every == 0 or state.step == stop:
+            preempted = stop_req.agreed(env, device)
+            if state.step % spec.train.save_every == 0 or state.step == stop or preempted:
                 last_ckpt = _save(run, state, parts, model, optimizer, spec, env)
+            if preempted:
+                say(f"stopped at step {state.step} with a checkpoint; rerun the same command to resume")
+                break
     if logger:
         logger.close()
     _barrier(env)
@@ -364,10 +330,49 @@ def train(spec: RunSpec, runtime: Runtime | None = None) -> TrainResult:
     )
 
 
+class _StopRequest:
+    """SIGTERM / SIGUSR1 (preemption) or a first Ctrl-C: finish the step, checkpoint, stop. A second Ctrl-C aborts."""
+
+    def __init__(self, say: Callable[[str], None]):
+        self.say, self.requested, self._old = say, False, {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.say(
+            f"{signal.Signals(signum).name}: stopping after this step with a checkpoint (Ctrl-C again aborts)"
+        )
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def agreed(self, env: DistEnv, device: torch.device) -> bool:
+        """Whether any process was asked to stop (every process must stop at the same step)."""
+        if not env.distributed:
+            return self.requested
+        import torch.distributed as dist
+
+        flag = torch.tensor([float(self.requested)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
 def _val_line(step: int, m: dict[str, Any]) -> str:
-    acc = m.get("acceptance")
-    acc_s = " ".join(f"{x:.2f}" for x in acc) if isinstance(acc, list) else "-"
-    return f"[cyan]val[/] step {step}: loss {m.get('loss', float('nan')):.4f}  τ≈{m.get('tau', float('nan')):.3f}  acceptance {acc_s}"
+    acc = " ".join(f"{x:.2f}" for x in m.get("accept_per_pos", []))
+    return (
+        f"[cyan]val[/] step {step}: loss {m.get('loss', float('nan')):.4f}  "
+        f"τ≈{m.get('tau_expected', float('nan')):.3f} (greedy {m.get('tau_greedy', float('nan')):.3f})  "
+        f"acceptance {acc}"
+    )
 
 
 def _barrier(env: DistEnv) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -26,6 +27,57 @@ from rich.progress import (
 
 from deepspec_core.io import atomic_write_text
 from deepspec_core.spec import RunSpec
+
+COUNT_KEYS = ("rows", "tokens")  # summed, not averaged
+
+
+def metrics_of(out: Any) -> dict[str, Any]:
+    """A DraftLoss → plain floats and lists (loss, per-position acceptance, τ estimates, counts)."""
+    m: dict[str, Any] = {"loss": float(out.loss.detach())}
+    for k, v in out.metrics.items():
+        v = v.detach().float().cpu() if torch.is_tensor(v) else torch.as_tensor(v, dtype=torch.float32)
+        m[k] = v.tolist() if v.ndim else float(v)
+    return m
+
+
+def pooled_metrics(records: list[dict[str, Any]], env: Any = None, device: Any = "cpu") -> dict[str, Any]:
+    """Mean of each metric over ``records`` weighted by their supervised ``rows``, pooled over all
+    processes; ``rows`` and ``tokens`` are summed. Independent of how records were split over processes."""
+    if not records:
+        return {}
+    keys = [k for k in records[0] if k not in COUNT_KEYS]
+    w = torch.tensor([float(r.get("rows", 1.0)) for r in records], dtype=torch.float64)
+    chunks = [
+        (
+            w[:, None]
+            * torch.tensor([r[k] if isinstance(r[k], list) else [r[k]] for r in records], dtype=torch.float64)
+        ).sum(0)
+        for k in keys
+    ]
+    counts = torch.tensor(
+        [w.sum().item()] + [sum(float(r.get(c, 0.0)) for r in records) for c in COUNT_KEYS],
+        dtype=torch.float64,
+    )
+    buf = torch.cat([*chunks, counts])
+    if env is not None and env.distributed:
+        import torch.distributed as dist
+
+        buf = buf.to(device)
+        dist.all_reduce(buf)
+        buf = buf.cpu()
+    total = buf[-len(COUNT_KEYS) - 1].item()
+    out: dict[str, Any] = {}
+    i = 0
+    for k, chunk in zip(keys, chunks, strict=True):
+        vals = (
+            buf[i : i + chunk.numel()] / total if total > 0 else buf[i : i + chunk.numel()] * float("nan")
+        ).tolist()
+        out[k] = vals if isinstance(records[0][k], list) else vals[0]
+        i += chunk.numel()
+    for j, c in enumerate(COUNT_KEYS):
+        if c in records[0]:
+            out[c] = buf[-len(COUNT_KEYS) + j].item()
+    return out
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -142,12 +194,13 @@ class TrainProgress:
         tau: float | None = None,
         lr: float | None = None,
         tokens_per_s: float | None = None,
+        tau_greedy: float | None = None,
     ) -> None:
         fields: dict[str, str] = {}
         if loss is not None:
             fields["loss"] = f"{loss:.4f}"
         if tau is not None:
-            fields["tau"] = f"{tau:.2f}"
+            fields["tau"] = f"{tau:.2f}" + (f" (greedy {tau_greedy:.2f})" if tau_greedy is not None else "")
         if lr is not None:
             fields["lr"] = f"{lr:.2e}"
         if tokens_per_s is not None:

@@ -1,0 +1,65 @@
+"""The training loop end to end on the quick tiny target (online features, CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deepspec_core.errors import CheckpointError
+from deepspec_core.spec import Schedule, TrainSpec
+from deepspec_core.train.loop import Runtime, lr_at, train
+
+
+def _quiet(messages=None):
+    return Runtime(progress=False, say=(messages.append if messages is not None else lambda m: None))
+
+
+def _weights(step_dir):
+    return load_file(str(step_dir / "model.safetensors"))
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    t = TrainSpec(lr=1.0, min_lr_ratio=0.1)
+    s = Schedule(grad_accum_steps=1, steps_per_epoch=10, total_steps=10, warmup_steps=2)
+    lrs = [lr_at(i, s, t) for i in range(10)]
+    assert lrs[:2] == [0.5, 1.0]
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False))
+    # HF convention: the floor is where the schedule would be after the last update.
+    assert 0.1 < lrs[-1] < 0.15 and lr_at(10, s, t) == pytest.approx(0.1)
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(make_spec, tmp_path):
+    full = train(make_spec("eagle3", root=tmp_path / "a"), _quiet())
+    assert full.finished and full.steps == 6
+
+    spec_b = make_spec("eagle3", root=tmp_path / "b")
+    part = train(spec_b, Runtime(progress=False, say=lambda m: None, stop_after=4))
+    assert not part.finished and part.steps == 4 and part.checkpoint.name == "step_4"
+    messages: list[str] = []
+    rest = train(spec_b, _quiet(messages))
+    assert rest.resumed_from == 4 and rest.finished
+    assert any("resuming" in m and "step_4" in m for m in messages)
+
+    a, b = _weights(full.checkpoint), _weights(rest.checkpoint)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logged = [json.loads(x) for x in (rest.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["kind"] == "train"] == [2, 4, 6]
+    # Retention: keep_last=3 of step_3, step_4, step_6 (saved every 3 and at the stop).
+    assert sorted(p.name for p in rest.run_dir.glob("step_[0-9]*")) == ["step_3", "step_4", "step_6"]
+    assert (rest.run_dir / "step_latest").resolve() == rest.checkpoint
+
+
+def test_rerun_resumes_a_finished_run_and_a_changed_spec_is_refused(make_spec):
+    spec = make_spec("eagle3", "train.max_steps=2", "train.val_samples=0")
+    first = train(spec, _quiet())
+    messages: list[str] = []
+    again = train(make_spec("eagle3", "train.max_steps=2", "train.val_samples=0", "train.log_every=1"), _quiet(messages))
+    assert again.resumed_from == 2 and again.steps == 2 and any("resuming" in m for m in messages)
+    with pytest.raises(CheckpointError, match=r"train\.lr"):
+        train(make_spec("eagle3", "train.max_steps=2", "train.val_samples=0", "train.lr=1e-2"), _quiet())
+    fresh = train(make_spec("eagle3", "train.max_steps=2", "train.val_samples=0", "train.lr=1e-2"),
+                  Runtime(progress=False, say=lambda m: None, fresh=True))
+    assert fresh.resumed_from is None and fresh.run_dir == first.run_dir
