@@ -25,7 +25,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 # Commands of this group that live in other modules; each module defines `register(app)`.
-EXTRA_COMMAND_MODULES: list[str] = []
+EXTRA_COMMAND_MODULES: list[str] = ["deepspec_cli.cache_cmd"]
 
 
 @app.command("fetch")

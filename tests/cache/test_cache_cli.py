@@ -1,0 +1,84 @@
+"""`deepspec data cache / inspect` end to end on the quick tiny target (tokenise → forward → shards)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from deepspec_cli.main import app
+from deepspec_core.cache import format as fmt
+from deepspec_core.cache.online import compute_features, iter_token_samples
+from deepspec_core.cache.reader import FeatureCache
+from deepspec_core.spec import load_spec
+from deepspec_core.targets.hf import load_target, tokenizer_hash
+
+runner = CliRunner()
+
+ANSWERS = [
+    "def add(a, b):\n    return a + b",
+    "def square(x):\n    \"\"\"Return x squared.\"\"\"\n    return x * x",
+    "for i in range(10):\n    print(i)",
+    "import os\nprint(os.getcwd())",
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y",
+    "ok",  # too few supervised tokens: skipped and counted
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_target, tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    data = d / "train.jsonl"
+    with open(data, "w") as f:
+        for i, a in enumerate(ANSWERS * 2):
+            msgs = [{"role": "user", "content": f"Write Python, please ({i})."}, {"role": "assistant", "content": a}]
+            f.write(json.dumps({"id": f"c{i}", "messages": msgs}) + "\n")
+    spec = d / "spec.toml"
+    spec.write_text(
+        f'[target]\nmodel = "{tiny_target}"\nlayer_ids = [0, 1, 2]\n'
+        f'[data]\ntrain = ["{data}"]\nmax_length = 96\nmin_loss_tokens = 4\n'
+        f'[cache]\npath = "{d / "cache"}"\nbatch_size = 3\n'
+    )
+    return d, spec
+
+
+def test_cache_then_inspect_then_read(setup):
+    d, spec = setup
+    res = runner.invoke(app, ["data", "cache", str(spec), "--codec", "bf16-zstd"])
+    assert res.exit_code == 0, res.output
+    assert "cache complete" in res.output
+    m = json.loads((d / "cache" / fmt.MANIFEST).read_text())
+    assert m["counts"]["samples"] == 10 and m["counts"]["skipped"] == {"too few loss tokens": 2}
+    assert m["codec"] == "bf16-zstd" and m["layer_ids"] == [0, 1, 2]
+
+    res = runner.invoke(app, ["data", "inspect", str(d / "cache"), "--verify"])
+    assert res.exit_code == 0, res.output
+    assert "all 1 shard checksums match" in res.output and "smaller" in res.output
+
+    # The cache holds exactly what the capture function gives for the tokenised conversations.
+    s = load_spec(str(spec))
+    target = load_target(s.target.model)
+    fc = FeatureCache(d / "cache", s, hidden_size=target.config.hidden_size,
+                      tokenizer_hash=tokenizer_hash(target.tokenizer))
+    samples = [x for _, x in iter_token_samples(s.data.train, target.tokenizer, 96, False, 4)]
+    assert len(fc) == len(samples) == 10
+    for i in (0, 9):
+        want = compute_features(target.model, [samples[i]], s.target.layer_ids)[0]
+        for k, v in want.items():
+            assert torch.equal(fc[i][k], v), k
+
+    res = runner.invoke(app, ["data", "cache", str(spec), "--estimate"])
+    assert res.exit_code == 0, res.output
+    assert f"{m['counts']['tokens']:,} tokens in 10 samples" in res.output
+    assert "fp8-zstd" in res.output and "int3-fp8" in res.output
+
+
+def test_errors_are_one_line(setup, tmp_path):
+    d, spec = setup
+    res = runner.invoke(app, ["data", "cache", str(spec), "--codec", "zip", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "unknown cache codec 'zip'" in res.output
+    assert not (tmp_path / "x").exists()  # nothing written, nothing loaded
+    res = runner.invoke(app, ["data", "inspect", str(tmp_path / "nowhere")])
+    assert res.exit_code == 1 and "no feature cache" in res.output and "Traceback" not in res.output
