@@ -1,0 +1,60 @@
+"""`deepspec target`: build and manage targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from deepspec_cli.errors import handle_errors
+from deepspec_core.targets import tiny
+
+app = typer.Typer(help="Build and manage target models.", no_args_is_help=True)
+console = Console()
+
+
+@app.command("tiny")
+@handle_errors
+def tiny_cmd(
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        help="Build into this directory. Without it, build (once) into the cache and print its path.",
+    ),
+    size: str = typer.Option(
+        "default", "--size", help="quick (seconds, for tests) or default (~4 min on 2 cores)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the build; the same seed gives the same weights."),
+) -> None:
+    """Build the embedded tiny target (small Qwen3 + tokenizer) from the Python stdlib source."""
+    if out is None:
+        path = tiny.ensure_tiny_target(size=size, seed=seed)
+        typer.echo(str(path))
+        return
+    path = tiny.build_tiny_target(out, size=size, seed=seed)
+    console.print(_summary(tiny.read_info(path)))
+    console.print(f"[green]built[/] {path}")
+
+
+def _summary(info: dict) -> Table:
+    table = Table(title=f"{info['name']} (seed {info['build']['seed']})", show_header=False)
+    r = info["build"]["recipe"]
+    ppl = info["heldout_perplexity"]
+    rows = [
+        ("parameters", f"{info['num_parameters']:,}"),
+        ("vocab", f"{info['vocab_size']:,}"),
+        (
+            "shape",
+            f"d={r['hidden_size']} layers={r['num_layers']} heads={r['num_heads']}/{r['num_kv_heads']}",
+        ),
+        ("train tokens", f"{info['train_tokens']:,}"),
+        ("held-out perplexity (chat answers)", f"{ppl['chat_assistant']:.1f}"),
+        ("held-out perplexity (code)", f"{ppl['code']:.1f}"),
+        ("build seconds", f"{info['seconds']['total']:.1f}"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    return table

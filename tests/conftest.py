@@ -1,0 +1,63 @@
+"""Session-wide fixtures: a temporary DEEPSPEC_HOME and the quick build of the embedded tiny target.
+
+Every test runs with ``DEEPSPEC_HOME`` pointing at a fresh temporary directory, so nothing ever
+touches ``~/.deepspec``. Set ``DEEPSPEC_TEST_HOME`` to a directory to reuse tiny builds across
+sessions while developing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_OWNED_HOME: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Set before collection so that module-level code in tests also sees the temporary home.
+    reuse = os.environ.get("DEEPSPEC_TEST_HOME")
+    if reuse:
+        os.environ["DEEPSPEC_HOME"] = reuse
+        return
+    home = tempfile.mkdtemp(prefix="deepspec-test-home-")
+    _OWNED_HOME.append(home)
+    os.environ["DEEPSPEC_HOME"] = home
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for home in _OWNED_HOME:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_target() -> Path:
+    """Directory of the quick tiny target (Qwen3, 4 layers, vocab 2048), built once per session."""
+    from deepspec_core.targets.tiny import ensure_tiny_target
+
+    return ensure_tiny_target("quick", seed=0, progress=False)
+
+
+@pytest.fixture
+def tiny_config():
+    """Factory of a small random Qwen3 config (4 layers) for fast unit tests that need no tokenizer."""
+    from transformers import Qwen3Config
+
+    def make(vocab_size: int = 256, hidden_size: int = 64, num_hidden_layers: int = 4, **kw) -> Qwen3Config:
+        return Qwen3Config(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=hidden_size // 4,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+            **kw,
+        )
+
+    return make
