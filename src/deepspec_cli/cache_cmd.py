@@ -77,10 +77,14 @@ class RichProgress(writer.Progress):
 
 
 def _print_estimate(est) -> None:
-    where = (f"extrapolated from {est.extrapolated_from:,} conversations" if est.extrapolated_from
-             else ("given" if not est.samples else "tokenise-only pass"))
+    if est.extrapolated_from:
+        where = f"in ~{est.samples:,} samples, extrapolated from {est.extrapolated_from:,} conversations"
+    elif est.samples:
+        where = f"in {est.samples:,} samples (tokenise-only pass)"
+    else:
+        where = "(given with --tokens)"
     console.print(
-        f"[bold]{est.tokens:,}[/] tokens in {est.samples:,} samples ({where}); "
+        f"[bold]{est.tokens:,}[/] tokens {where}; "
         f"H = {est.hidden_size}, K = {est.num_layers} captured layers, shards of {est.shard_size_mb} MB"
     )
     if est.skipped:

@@ -71,8 +71,12 @@ def test_cache_then_inspect_then_read(setup):
 
     res = runner.invoke(app, ["data", "cache", str(spec), "--estimate"])
     assert res.exit_code == 0, res.output
-    assert f"{m['counts']['tokens']:,} tokens in 10 samples" in res.output
+    assert f"{m['counts']['tokens']:,} tokens in 10 samples (tokenise-only pass)" in res.output
     assert "fp8-zstd" in res.output and "int3-fp8" in res.output
+    # The first 6 of 12 conversations hold each answer once, so the extrapolation is exact here.
+    res = runner.invoke(app, ["data", "cache", str(spec), "--estimate", "--sample", "6"])
+    assert res.exit_code == 0, res.output
+    assert f"{m['counts']['tokens']:,} tokens in ~10 samples, extrapolated from 6 conversations" in res.output
 
 
 def test_errors_are_one_line(setup, tmp_path):

@@ -123,8 +123,7 @@ def estimate_cache(
     codecs: Sequence[str] | None = None,
 ) -> Estimate:
     """Tokenise (all, or the first ``sample`` conversations and extrapolate by line count) and size."""
-    from deepspec_core.cache.online import iter_token_samples
-    from deepspec_core.data.tokenize import TokenizeStats
+    from deepspec_core.data.tokenize import TokenizeStats, iter_tokenized
     from deepspec_core.errors import DataError
     from deepspec_core.targets import hf
 
@@ -142,15 +141,17 @@ def estimate_cache(
                             spec.target.trust_remote_code)
     stats = TokenizeStats()
     n_samples = n_tokens = 0
-    for _, s in iter_token_samples(files, tok, spec.data.max_length, spec.target.thinking,
-                                   spec.data.min_loss_tokens, stats):
-        n_samples += 1
-        n_tokens += int(s["input_ids"].shape[0])
-        if sample is not None and stats.seen >= sample:
+    for f in files:
+        left = None if sample is None else sample - stats.seen
+        if left is not None and left <= 0:
             break
+        for _, s in iter_tokenized(f, tok, spec.data.max_length, spec.target.thinking,
+                                   spec.data.min_loss_tokens, stats=stats, limit=left):
+            n_samples += 1
+            n_tokens += len(s.input_ids)
     extrapolated = None
-    if sample is not None and stats.seen >= sample:
-        total_lines = sum(_count_lines(Path(f).expanduser()) for f in files)
+    total_lines = sum(_count_lines(Path(f).expanduser()) for f in files) if sample is not None else 0
+    if sample is not None and stats.seen < total_lines:
         scale = total_lines / max(stats.seen, 1)
         extrapolated, n_samples, n_tokens = stats.seen, round(n_samples * scale), round(n_tokens * scale)
     est = make_estimate(n_tokens, n_samples, hidden, num_layers, spec.cache.shard_size_mb, codecs)
