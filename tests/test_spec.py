@@ -149,3 +149,10 @@ def test_layer_ids_beyond_depth_rejected_once_target_known():
         check_against_target(spec, num_hidden_layers=28)
     with pytest.raises(SpecError, match="mask_token_id"):
         check_against_target(spec, num_hidden_layers=36, vocab_size=1000)
+
+
+def test_tiny_presets_use_the_tiny_tokenizers_mask_token(tiny_target):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_target)
+    assert load_spec("tiny-dflash").target.mask_token_id == tok.convert_tokens_to_ids("<|mask|>")

@@ -20,6 +20,10 @@ from deepspec_core.spec import (
     TargetSpec,
     TrainSpec,
 )
+from deepspec_core.targets.tiny_data import MASK, SPECIAL_TOKENS
+
+# The tiny tokenizer's special tokens take the first ids, in order; <|mask|> is an unused row.
+TINY_MASK_TOKEN_ID = SPECIAL_TOKENS.index(MASK)
 
 _PRESETS: Registry[Callable[[], RunSpec]] = Registry("preset")
 
@@ -62,7 +66,7 @@ def _tiny(algo: str) -> RunSpec:
     return RunSpec(
         name=f"tiny-{algo}",
         project="tiny",
-        target=TargetSpec(model="tiny", layer_ids=[0, 1, 2], thinking=False),
+        target=TargetSpec(model="tiny", layer_ids=[0, 1, 2], thinking=False, mask_token_id=TINY_MASK_TOKEN_ID),
         data=DataSpec(
             train=["tiny-data/train.regen.jsonl"],
             eval=["tiny-data/heldout.regen.jsonl"],
