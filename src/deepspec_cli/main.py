@@ -37,3 +37,7 @@ def _root(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":  # `python -m deepspec_cli.main` (how launchers start each process)
+    main()

@@ -149,10 +149,19 @@ class TrainParts:
         """(V,) counts of supervised tokens over the training samples (for a reduced draft vocabulary)."""
         counts = torch.zeros(self.draft.vocab_size, dtype=torch.long)
         for i in range(self.num_train):
-            s = self.dataset.samples[i] if self.online else self.dataset[i]
-            ids = torch.as_tensor(s["input_ids"])[torch.as_tensor(s["loss_mask"]).bool()]
-            counts += torch.bincount(ids, minlength=counts.numel())[: counts.numel()]
+            ids, mask = self._tokens(i)
+            counts += torch.bincount(ids[mask], minlength=counts.numel())[: counts.numel()]
         return counts
+
+    def _tokens(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, loss_mask) of sample i without decoding (or computing) its features."""
+        if self.online:
+            s = self.dataset.samples[i]
+            return torch.as_tensor(s["input_ids"]), torch.as_tensor(s["loss_mask"]).bool()
+        from deepspec_core.cache.format import unpack_record
+
+        ids, mask, _, _ = unpack_record(self.dataset.read_record(i), int(self.dataset.index[i]["seq_len"]))
+        return ids, mask
 
 
 def holdout_sizes(num_samples: int, val_samples: int) -> tuple[int, int]:
@@ -183,10 +192,20 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
         from transformers import AutoConfig
 
         from deepspec_core.cache.reader import FeatureCache
+        from deepspec_core.targets.hf import load_tokenizer, text_config, tokenizer_hash
 
-        dataset = FeatureCache(spec.cache_dir(), spec)
         config = AutoConfig.from_pretrained(
             target_path, revision=spec.target.revision, trust_remote_code=spec.target.trust_remote_code
+        )
+        tok = load_tokenizer(
+            target_path, spec.target.revision, spec.target.chat_template, spec.target.trust_remote_code
+        )
+        # The cache must come from this target, layers, tokenizer and max length; it says which differ.
+        dataset = FeatureCache(
+            spec.cache_dir(),
+            spec,
+            hidden_size=int(text_config(config).hidden_size),
+            tokenizer_hash=tokenizer_hash(tok),
         )
         embed, head = load_frozen_weights(target_path, dtype=resolve_dtype(spec.target.dtype, device))
     num_train, num_val = holdout_sizes(len(dataset), spec.train.val_samples)

@@ -11,6 +11,7 @@ depend on how many processes share the batch, and resuming is exact.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import signal
 import threading
@@ -104,12 +105,16 @@ def _wrap(draft: nn.Module, spec: RunSpec, env: DistEnv, device: torch.device) -
             if bf16
             else MixedPrecisionPolicy()
         )
-        for layer in getattr(draft, "layers", []):
-            fully_shard(layer, mp_policy=mp)
+        # One group over the whole draft: drafts are a few layers, and some call layer methods other
+        # than forward (DFlash projects context keys/values), which per-layer groups would not unshard.
+        # What FSDP saves here is the sharded optimizer state and gradients.
         return fully_shard(draft, mp_policy=mp)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
+    # Buffers (rotary tables, vocabulary maps) are equal on every process: no per-forward sync.
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return DDP(draft, device_ids=ids, forward_sync_buffers=False)
     return DDP(draft, device_ids=ids, broadcast_buffers=False)
 
 
