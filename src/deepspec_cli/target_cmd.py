@@ -58,3 +58,30 @@ def _summary(info: dict) -> Table:
     for k, v in rows:
         table.add_row(k, v)
     return table
+
+
+@app.command("import")
+@handle_errors
+def import_cmd(
+    source: Path = typer.Argument(..., help="A .gguf file, a directory holding GGUF files, or an HF model directory."),
+    out: Path = typer.Option(..., "--out", help="New directory for the standard HF checkpoint."),
+    gguf_file: Optional[str] = typer.Option(None, "--gguf-file", help="Which .gguf of a directory holding several."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="Weights dtype written: bfloat16 or float32."),
+) -> None:
+    """Import a GGUF (dequantised) or HF model as a standard HF directory every deepspec stage accepts."""
+    from deepspec_core.targets.importer import import_target
+
+    with console.status(f"importing {source} …"):
+        res = import_target(source, out, gguf_file=gguf_file, dtype=dtype)
+    table = Table(title=f"imported {res.out_dir}", show_header=False)
+    for k, v in [
+        ("architecture", res.architecture),
+        ("parameters", f"{res.num_parameters:,}"),
+        ("layers / hidden", f"{res.num_layers} / {res.hidden_size}"),
+        ("vocab", f"{res.vocab_size:,}"),
+        ("source tensor types", ", ".join(res.quantization) or "(HF directory)"),
+        ("chat template", "yes" if res.has_chat_template else "no — pass target.chat_template"),
+        ("seconds", f"{res.seconds:.1f}"),
+    ]:
+        table.add_row(k, v)
+    console.print(table)

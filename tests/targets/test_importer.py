@@ -149,3 +149,17 @@ def test_smollm2_import(tmp_path):
     res = import_target(SMOLLM2, tmp_path / "smol")
     assert (res.architecture, res.num_layers, res.hidden_size, res.vocab_size) == ("llama", 30, 576, 49152)
     assert res.has_chat_template
+
+
+def test_cli_import(tmp_path):
+    from typer.testing import CliRunner
+
+    from deepspec_cli.main import app
+
+    src = tmp_path / "tiny.gguf"
+    write_tiny_llama_gguf(src)
+    res = CliRunner().invoke(app, ["target", "import", str(src), "--out", str(tmp_path / "o"), "--dtype", "float32"])
+    assert res.exit_code == 0, res.output
+    assert "llama" in res.output and (tmp_path / "o" / "model.safetensors").is_file()
+    res = CliRunner().invoke(app, ["target", "import", str(src), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "not empty" in res.output
