@@ -16,16 +16,15 @@ PY="${PYTHON:-python}"
 ALGOS=(eagle3 dflash dspark)
 
 PROMPTS=600                 # math / code / chat prompts made by make_prompts.py
+REGEN_ARGS=(--spec dspark.toml)
 TRAIN_SET=()
 EVAL_ARGS=()
 if [ "${QUICK:-0}" = "1" ]; then
   PROMPTS=48
+  REGEN_ARGS+=(--max-tokens 48)
   TRAIN_SET=(--set train.max_steps=10 --set train.save_every=10 --set train.val_every=10)
   EVAL_ARGS=(--limit 1 --max-new-tokens 24)
-  export DEEPSPEC_REGEN_MAX_TOKENS=48
 fi
-REGEN_ARGS=(--spec dspark.toml)
-[ -n "${DEEPSPEC_REGEN_MAX_TOKENS:-}" ] && REGEN_ARGS+=(--max-tokens "$DEEPSPEC_REGEN_MAX_TOKENS")
 
 stage() { printf '\n== %s  (%s)\n' "$1" "$(date +%T)"; }
 mkdir -p work/data
