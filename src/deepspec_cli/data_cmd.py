@@ -135,12 +135,13 @@ def show(
     max_length: int = typer.Option(4096, "--max-length", help="Truncation length, as in training."),
 ) -> None:
     """Print rendered samples with supervised tokens highlighted, and the loss-mask coverage."""
-    from deepspec_core.data.tokenize import iter_tokenized
+    from deepspec_core.data.tokenize import TokenizeStats, iter_tokenized
     from deepspec_core.targets.hf import load_tokenizer
 
     tokenizer = load_tokenizer(target)
     supervised = assistant = 0
-    for conv_id, s in iter_tokenized(file, tokenizer, max_length, thinking, min_loss_tokens=0, limit=n):
+    stats = TokenizeStats()
+    for conv_id, s in iter_tokenized(file, tokenizer, max_length, thinking, min_loss_tokens=0, stats=stats, limit=n):
         text = Text()
         for tid, m in zip(s.input_ids, s.loss_mask, strict=True):
             text.append(tokenizer.decode([tid]), style="bold black on green" if m else "dim")
@@ -151,6 +152,8 @@ def show(
         assistant += s.num_assistant_tokens
     coverage = supervised / max(assistant, 1)
     console.rule()
+    for reason, count in stats.skipped.items():
+        err_console.print(f"[yellow]skipped:[/] {count} of {stats.seen} conversations ({reason})")
     console.print(f"coverage (supervised / assistant tokens): [bold]{coverage:.3f}[/]  "
                   "[dim](highlighted = supervised)[/]")
     if not 0.9 <= coverage <= 1.2:
