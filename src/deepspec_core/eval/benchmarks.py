@@ -3,6 +3,9 @@
 Each benchmark reads ``<data_dir>/<name>.jsonl`` (one ``{"turns": [str, ...]}`` per line, the format
 of the reference's prompt files) when a data directory is given and has the file, and otherwise
 fetches its public hub source through ``datasets`` and words the prompts exactly as those files do.
+``data_dir="packaged"`` reads the copies shipped with deepspec (``assets/eval_prompts``: gsm8k,
+humaneval, mbpp, lbpp and mt-bench, each already the seed-0 subset of the reference file, so their
+content hashes equal a full-file run's) — what the demo and offline tests use.
 When a benchmark has more prompts than its sample count, a random subset is drawn with a fixed
 seed (and kept in file order); ``limit`` then takes the first N of that subset, so a limited run
 evaluates a prefix of the full run's prompts.
@@ -188,7 +191,8 @@ def fetch_turns(bench: Benchmark) -> list[list[str]]:
     except Exception as err:  # datasets raises many types for offline / missing / gated sources
         raise DataError(
             f"cannot fetch benchmark {bench.name} from the hub ({src.describe()}): {type(err).__name__}: {err}",
-            f"pass --data-dir with a {bench.name}.jsonl of {{\"turns\": [...]}} lines, or check network access",
+            f"pass --data-dir with a {bench.name}.jsonl of {{\"turns\": [...]}} lines (`--data-dir packaged` has "
+            "gsm8k, humaneval, mbpp, lbpp, mt-bench), or check network access",
         ) from err
     return [bench.format_row(row) for row in ds]
 
@@ -204,9 +208,18 @@ def select(n_total: int, n: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n_total), n))
 
 
+def packaged_prompts_dir() -> Path:
+    """Prompt files shipped inside the package (offline; see the module docstring for which)."""
+    from importlib.resources import files
+
+    return Path(str(files("deepspec_core") / "assets" / "eval_prompts"))
+
+
 def load_benchmark(name: str, data_dir: Path | str | None = None, limit: int | None = None, seed: int = 0) -> BenchmarkPrompts:
     """The prompts of benchmark ``name``: from ``data_dir/<name>.jsonl`` if present, else the hub."""
     bench = get_benchmark(name)
+    if str(data_dir) == "packaged":
+        data_dir = packaged_prompts_dir()
     path = Path(data_dir).expanduser() / f"{name}.jsonl" if data_dir else None
     if data_dir and not Path(data_dir).expanduser().is_dir():
         raise DataError(f"--data-dir {data_dir} is not a directory", "give the directory holding <benchmark>.jsonl files")

@@ -1,0 +1,88 @@
+"""`deepspec eval`: τ per benchmark and position, and the measured speedup, of a trained draft."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from deepspec_cli.errors import handle_errors
+from deepspec_core.eval.metrics import EvalResults
+
+console = Console()
+
+
+def render(r: EvalResults) -> list[Table]:
+    """τ (and speed) per benchmark; conditional acceptance per draft position."""
+    p = r.protocol
+    k = p.num_draft_tokens
+    items = [*r.benchmarks.items(), ("macro", r.macro)]
+    main = Table(title=f"{p.algorithm}: τ (bonus included), T={p.temperature:g}, k={k}, "
+                       f"thinking {'on' if p.thinking else 'off'}")
+    speed = any(b.speed is not None for b in r.benchmarks.values())
+    for col in ["benchmark", "samples", "rounds", "τ"] + (["target tok/s", "spec tok/s", "speedup"] if speed else []):
+        main.add_column(col, justify="left" if col == "benchmark" else "right")
+    pos = Table(title="conditional acceptance by draft position")
+    pos.add_column("benchmark")
+    for j in range(1, k + 1):
+        pos.add_column(str(j), justify="right")
+    for name, res in items:
+        if name == "macro":
+            main.add_section()
+            pos.add_section()
+        cells = [name, str(res.samples), str(res.rounds), f"{res.tau:.2f}"]
+        if speed:
+            s = getattr(res, "speed", None)
+            if s is not None:
+                cells += [f"{s.target_tokens_per_s:.1f}", f"{s.spec_tokens_per_s:.1f}", f"{s.speedup:.2f}×"]
+            else:
+                cells += ["", "", f"{res.speedup:.2f}×" if getattr(res, "speedup", None) else "–"]
+        style = "bold" if name == "macro" else None
+        main.add_row(*cells, style=style)
+        pos.add_row(name, *(f"{a:.2f}" for a in res.acceptance_conditional), style=style)
+    return [main, pos]
+
+
+@handle_errors
+def eval_command(
+    draft: Path = typer.Option(..., "--draft", help="Run directory (its latest checkpoint) or a step_<N> directory."),
+    target: str | None = typer.Option(None, "--target", help="Target to verify with (default: the draft's own)."),
+    benchmarks: str | None = typer.Option(
+        None, "--benchmarks", help="Comma-separated benchmarks, or 'all' for the reference nine (default: the run's eval spec)."
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Samples per benchmark (a prefix of the full set)."),
+    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature; 0 is greedy."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="New tokens per turn."),
+    num_draft_tokens: int | None = typer.Option(
+        None, "--num-draft-tokens", min=1, help="Tokens drafted per round (default: block size / TTT length)."
+    ),
+    thinking: bool | None = typer.Option(
+        None, "--thinking/--no-thinking", help="Override the thinking mode the draft was trained with."
+    ),
+    data_dir: str | None = typer.Option(
+        None, "--data-dir", help="Directory of <benchmark>.jsonl prompt files ({'turns': [...]}); 'packaged' for the shipped ones."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of benchmark subsets and sampling."),
+    speed: bool = typer.Option(False, "--speed", help="Also time target-only decoding of the same prompts and lengths."),
+    save_outputs: bool = typer.Option(False, "--save-outputs", help="Write outputs/<benchmark>.jsonl (ids, text, accepted lengths)."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default: <run>/eval/<step>/)."),
+    device: str = typer.Option("auto", "--device", help="Device: auto, cpu, cuda, cuda:1, ..."),
+) -> None:
+    """Evaluate a trained draft: lossless speculative decoding on benchmarks → results.json, plots, table."""
+    from deepspec_core.eval.runner import evaluate, load_draft
+
+    loaded = load_draft(draft, target, device)
+    if thinking is not None and thinking != loaded.spec.target.thinking:
+        console.print(f"[yellow]note:[/] thinking {'on' if thinking else 'off'} overrides the draft's training "
+                      f"setting ({'on' if loaded.spec.target.thinking else 'off'})")
+    res = evaluate(loaded, benchmarks, limit=limit, temperature=temperature, max_new_tokens=max_new_tokens,
+                   num_draft_tokens=num_draft_tokens, thinking=thinking, data_dir=data_dir, seed=seed, speed=speed,
+                   save_outputs=save_outputs, out_dir=out, progress=console.is_terminal)
+    for table in render(res.results):
+        console.print(table)
+    console.print(f"[dim]thinking {'on' if res.results.protocol.thinking else 'off'} "
+                  f"({'as trained' if res.results.protocol.thinking_source == 'draft' else 'override'}); "
+                  f"checkpoint {loaded.step_dir}[/]")
+    console.print(f"wrote {res.out_dir / 'results.json'} (+ {len(res.files) - 1} more files)")

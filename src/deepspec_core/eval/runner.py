@@ -1,0 +1,324 @@
+"""``evaluate(...)``: decode every benchmark prompt speculatively, measure τ (and speed), write results.
+
+Protocol (REFERENCE §6): chat template of the user turns, generation prompt on, no system prompt,
+thinking mode as the draft was trained (``target.thinking`` of its spec) unless overridden;
+mt-bench's second turn follows the model's own first answer. Sample i of a benchmark decodes with
+a generator seeded ``seed + i``, so a ``--limit`` run reproduces a prefix of the full run.
+
+With ``speed`` on, each prompt is decoded speculatively (timed) and then by the target alone for
+exactly as many tokens (timed, EOS ignored), in the same process, after a warm-up of both.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from deepspec_core import __version__
+from deepspec_core.decode.speculative import Generation, speculative_generate, target_generate
+from deepspec_core.errors import CheckpointError
+from deepspec_core.eval import benchmarks as bm
+from deepspec_core.eval import metrics as mt
+from deepspec_core.io import atomic_write_json, atomic_write_text
+
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+
+# -- loading a trained draft ------------------------------------------------------------------
+
+
+@dataclass
+class LoadedDraft:
+    draft: Any  # DraftModel, eval mode, on the target's device
+    target: Any  # targets.hf.Target
+    spec: Any  # RunSpec: target + draft sections from the checkpoint, eval defaults from the run
+    step_dir: Path
+    run_dir: Path | None
+
+
+def resolve_checkpoint(path: Path | str) -> tuple[Path, Path | None]:
+    """A run directory (→ its latest checkpoint) or a step directory → (step dir, run dir or None)."""
+    from deepspec_core.train.checkpoint import RunDir
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"draft checkpoint {p} does not exist", "pass a run directory or one of its step_<N> directories")
+    if (p / "model.safetensors").is_file():
+        run = p.parent if (p.parent / "spec.toml").is_file() else None
+        return p, run
+    latest = RunDir(p).latest()
+    if latest is None or not (latest / "model.safetensors").is_file():
+        raise CheckpointError(f"{p} holds no checkpoint (no step_<N>/model.safetensors)", "train first, or pass a step directory")
+    return latest, p
+
+
+def load_draft(path: Path | str, target: str | None = None, device: str = "auto") -> LoadedDraft:
+    """Rebuild a trained draft: spec from the checkpoint, frozen embed / lm_head from the target,
+    trainable weights from ``model.safetensors``. ``target`` overrides the spec's target model."""
+    from deepspec_core.drafts import build_draft
+    from deepspec_core.spec import load_spec
+    from deepspec_core.targets.hf import load_target_from_spec
+    from deepspec_core.train.checkpoint import load_weights
+
+    step, run = resolve_checkpoint(path)
+    draft_toml = step / "draft.toml"
+    if not draft_toml.is_file():
+        raise CheckpointError(f"checkpoint {step} has no draft.toml", "was it written by `deepspec train`?")
+    spec = load_spec(draft_toml)
+    if run is not None:
+        # The run's spec carries the eval defaults; the checkpoint's own sections win for the model.
+        run_spec = load_spec(run / "spec.toml")
+        spec = run_spec.model_copy(update={"target": spec.target, "draft": spec.draft})
+    if target:
+        spec = spec.model_copy(update={"target": spec.target.model_copy(update={"model": target, "revision": None})})
+    tgt = load_target_from_spec(spec.target, device=device)
+    draft = build_draft(spec, tgt.config, tgt.model.get_input_embeddings(), tgt.model.get_output_embeddings())
+    draft.load_trainable_state_dict(load_weights(step))
+    draft.to(device=tgt.device, dtype=tgt.dtype).eval()  # decoding runs under no_grad
+    return LoadedDraft(draft, tgt, spec, step, run)
+
+
+def default_out_dir(loaded: LoadedDraft) -> Path:
+    base = loaded.run_dir if loaded.run_dir is not None else loaded.step_dir
+    return base / "eval" / loaded.step_dir.name
+
+
+# -- one benchmark ----------------------------------------------------------------------------
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """EOS of the generation config and the tokenizer, plus the template's end-of-turn token."""
+    ids: set[int] = set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (gen_eos, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN if t in vocab)
+    return sorted(ids)
+
+
+class _Clock:
+    """Wall time of a block; CUDA events on GPU so queued kernels are counted."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def time(self, fn: Any, *args: Any) -> tuple[Any, float]:
+        """``fn(*args)`` and the seconds it took."""
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn(*args)
+            end.record()
+            torch.cuda.synchronize()
+            return out, start.elapsed_time(end) / 1000.0
+        t0 = time.perf_counter()
+        out = fn(*args)
+        return out, time.perf_counter() - t0
+
+
+@dataclass
+class EvalSettings:
+    temperature: float
+    max_new_tokens: int
+    num_draft_tokens: int
+    thinking: bool
+    seed: int = 0
+    speed: bool = False
+    save_outputs: bool = False
+
+
+@dataclass
+class BenchmarkRun:
+    lengths: list[int] = field(default_factory=list)
+    generated: int = 0
+    spec_seconds: float = 0.0
+    target_seconds: float = 0.0
+    timed_tokens: int = 0
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _encode(tokenizer: Any, messages: list[dict[str, str]], thinking: bool, device: torch.device) -> torch.Tensor:
+    from deepspec_core.data.tokenize import render_prompt
+
+    text = render_prompt(tokenizer, messages, thinking)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return torch.tensor([ids], dtype=torch.long, device=device)
+
+
+def run_benchmark(loaded: LoadedDraft, prompts: bm.BenchmarkPrompts, s: EvalSettings, advance: Any = None) -> BenchmarkRun:
+    """Decode every prompt (all its turns) of one benchmark; ``advance()`` is called per sample."""
+    model, tok, draft = loaded.target.model, loaded.target.tokenizer, loaded.draft
+    device = loaded.target.device
+    eos = eos_token_ids(model, tok)
+    clock = _Clock(device)
+    out = BenchmarkRun()
+
+    def gen(seed: int) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(seed)
+
+    if s.speed:  # warm-up: allocator, kernels, lazy initialisation of both paths
+        ids = _encode(tok, [{"role": "user", "content": prompts.turns[0][0]}], s.thinking, device)
+        speculative_generate(model, draft, ids, s.num_draft_tokens, min(16, s.max_new_tokens), s.temperature, gen(0), eos)
+        target_generate(model, ids, min(16, s.max_new_tokens), s.temperature, gen(0))
+    for i, turns in enumerate(prompts.turns):
+        messages: list[dict[str, str]] = []
+        g = gen(s.seed + i)
+        for t, turn in enumerate(turns):
+            messages.append({"role": "user", "content": turn})
+            ids = _encode(tok, messages, s.thinking, device)
+            res: Generation
+            res, secs = clock.time(speculative_generate, model, draft, ids, s.num_draft_tokens, s.max_new_tokens,
+                                   s.temperature, g, eos)
+            out.lengths += res.accept_lengths
+            out.generated += len(res.tokens)
+            if s.speed:
+                # Same prompt, same number of tokens, EOS ignored: only the method differs.
+                _, base = clock.time(target_generate, model, ids, len(res.tokens), s.temperature, gen(s.seed + i))
+                out.spec_seconds += secs
+                out.target_seconds += base
+                out.timed_tokens += len(res.tokens)
+            text = tok.decode(res.tokens, skip_special_tokens=True)
+            messages.append({"role": "assistant", "content": text})
+            if s.save_outputs:
+                out.outputs.append({"sample": i, "turn": t, "prompt_ids": ids[0].tolist(), "generated_ids": res.tokens,
+                                    "text": text, "accept_lengths": res.accept_lengths})
+        if advance is not None:
+            advance()
+    return out
+
+
+# -- the whole evaluation ---------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    results: mt.EvalResults
+    out_dir: Path
+    files: list[Path]
+
+
+def _protocol(loaded: LoadedDraft, s: EvalSettings, infos: list[mt.BenchmarkInfo], thinking_source: str) -> mt.Protocol:
+    from deepspec_core.targets.hf import chat_template_hash
+
+    t, d = loaded.target, loaded.spec.draft
+    return mt.Protocol(
+        target=t.path if Path(t.path).is_dir() else t.name,
+        target_revision=t.revision, draft=str(loaded.step_dir.resolve()), algorithm=d.algo,
+        temperature=s.temperature, max_new_tokens=s.max_new_tokens, thinking=s.thinking,
+        thinking_source=thinking_source, chat_template_hash=chat_template_hash(t.tokenizer),
+        block_size=getattr(d, "block_size", None), ttt_length=getattr(d, "ttt_length", None),
+        num_draft_tokens=s.num_draft_tokens, chain_drafting=True, bonus_token_in_tau=True, seed=s.seed,
+        benchmarks=infos, deepspec_version=__version__, device=_device_name(t.device), dtype=str(t.dtype).removeprefix("torch."),
+    )
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    import platform
+
+    return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()} threads"
+
+
+def evaluate(
+    draft: str | Path | LoadedDraft,
+    benchmarks: list[str] | str | None = None,
+    target: str | None = None,
+    limit: int | None = None,
+    temperature: float | None = None,
+    max_new_tokens: int | None = None,
+    num_draft_tokens: int | None = None,
+    thinking: bool | None = None,
+    data_dir: str | Path | None = None,
+    seed: int | None = None,
+    speed: bool = False,
+    save_outputs: bool = False,
+    out_dir: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    plots: bool = True,
+) -> EvalResult:
+    """Evaluate a trained draft on benchmarks; unset arguments come from the run's ``eval`` spec."""
+    loaded = draft if isinstance(draft, LoadedDraft) else load_draft(draft, target, device)
+    ev = loaded.spec.eval
+    names = bm.parse_benchmarks(benchmarks if benchmarks is not None else ev.benchmarks)
+    s = EvalSettings(
+        temperature=ev.temperature if temperature is None else temperature,
+        max_new_tokens=max_new_tokens or ev.max_new_tokens,
+        num_draft_tokens=num_draft_tokens or loaded.spec.num_draft_tokens(),
+        thinking=loaded.spec.target.thinking if thinking is None else thinking,
+        seed=ev.seed if seed is None else seed, speed=speed, save_outputs=save_outputs,
+    )
+    cap = loaded.draft.max_proposal()
+    if cap is not None and s.num_draft_tokens > cap:
+        raise CheckpointError(f"--num-draft-tokens {s.num_draft_tokens} exceeds the draft's block ({cap})",
+                              f"use at most {cap}")
+    thinking_source = "draft" if thinking is None or thinking == loaded.spec.target.thinking else "override"
+    out = Path(out_dir).expanduser() if out_dir else default_out_dir(loaded)
+    prompts = [bm.load_benchmark(n, data_dir or ev.data_dir, limit or ev.limit, s.seed) for n in names]
+    per: dict[str, mt.BenchmarkResult] = {}
+    files: list[Path] = []
+    with _progress(progress) as bar:
+        for p in prompts:
+            task = bar.add_task(p.name, total=len(p))
+            run = run_benchmark(loaded, p, s, advance=lambda task=task: bar.advance(task))
+            speed_ = mt.make_speed(run.timed_tokens, run.target_seconds, run.spec_seconds) if speed and run.timed_tokens else None
+            per[p.name] = mt.benchmark_result(run.lengths, s.num_draft_tokens, len(p), run.generated, speed_)
+            if save_outputs:
+                path = out / "outputs" / f"{p.name}.jsonl"
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in run.outputs))
+                files.append(path)
+    infos = [mt.BenchmarkInfo(name=p.name, domain=p.domain, samples=len(p), content_hash=p.content_hash, source=p.source)
+             for p in prompts]
+    results = mt.EvalResults(protocol=_protocol(loaded, s, infos, thinking_source), benchmarks=per, macro=mt.macro_average(per))
+    files += write_results(results, out, plots)
+    return EvalResult(results, out, files)
+
+
+def write_results(results: mt.EvalResults, out: Path, plots: bool = True) -> list[Path]:
+    """results.json (validated against the schema), <benchmark>.json each, and the PNG plots."""
+    data = json.loads(results.model_dump_json())
+    mt.EvalResults.model_validate(data)
+    files = [out / "results.json"]
+    atomic_write_json(files[0], data)
+    for name, r in data["benchmarks"].items():
+        files.append(out / f"{name}.json")
+        atomic_write_json(files[-1], {"benchmark": name, "protocol": data["protocol"], **r})
+    if plots:
+        from deepspec_core.eval.plots import plot_acceptance, plot_tau
+
+        files += [plot_acceptance(results, out / "acceptance.png"), plot_tau(results, out / "tau.png")]
+    return files
+
+
+class _Rate(ProgressColumn):
+    def render(self, task: Any) -> Text:
+        return Text(f"{task.speed:.2f} samples/s" if task.speed else "- samples/s")
+
+
+def _progress(enabled: bool) -> Progress:
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not (enabled and console.is_terminal),
+    )
