@@ -185,3 +185,15 @@ def test_sampling_runs_with_each_algorithm(algo):
     b = speculative_generate(model, draft, ids, 3, 16, 1.0, torch.Generator().manual_seed(5))
     assert a.tokens == b.tokens and len(a.tokens) == 16
     assert sum(a.accept_lengths) >= 15
+
+
+def test_dspark_confidences_are_recorded_per_round_for_calibration():
+    from deepspec_core.decode.schedule import calibration_rounds, fit_sts
+
+    model = _target(sharpen=3.0)
+    draft = _draft("dspark", model)
+    gens = [speculative_generate(model, draft, ids, 3, 12) for ids in _prompts(3)]
+    assert all(len(g.confidences) == g.rounds and all(len(c) == 3 for c in g.confidences) for g in gens)
+    conf, accepted = calibration_rounds(gens)
+    assert conf.shape == (sum(g.rounds for g in gens), 3) and ((conf >= 0) & (conf <= 1)).all()
+    assert len(fit_sts(conf, accepted)) == 3

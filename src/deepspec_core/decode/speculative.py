@@ -150,6 +150,7 @@ def crop_cache(cache: Any, tokens_to_remove: int) -> None:
 class Generation:
     tokens: list[int]  # new tokens (EOS included when hit), at most max_new_tokens
     accept_lengths: list[int] = field(default_factory=list)  # per round: tokens committed, bonus included
+    confidences: list[list[float]] = field(default_factory=list)  # per round, when the draft reports them (DSpark)
 
     @property
     def rounds(self) -> int:
@@ -227,6 +228,8 @@ def speculative_generate(
         n = int(verdict.num_accepted[0])
         crop_cache(cache, k - n)  # keep last + the n accepted drafts
         gen.accept_lengths.append(n + 1)
+        if prop.confidences is not None:
+            gen.confidences.append(prop.confidences[0].float().tolist())
         gen.tokens, done = _finish(gen.tokens + prop.tokens[0, :n].tolist() + [int(verdict.next_token[0])],
                                    max_new_tokens, eos)
         if done:
