@@ -78,6 +78,14 @@ def use_bf16_autocast() -> bool:
     return any(bool(getattr(cpu, c, lambda: False)()) for c in checks)
 
 
+def _usable_cores() -> int:
+    # Cores this process may run on (taskset / container limits), not the machine's total:
+    # more threads than cores makes every parallel region wait for descheduled threads.
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def build_key(size: str, seed: int) -> tuple[str, dict[str, Any]]:
     """Hash of everything that determines the build; names its cache directory."""
     root = td.stdlib_root()
@@ -310,7 +318,7 @@ def build_tiny_target(
         )
     t0 = time.perf_counter()
     key, params = build_key(size, seed)
-    threads = r.threads or os.cpu_count() or 1
+    threads = r.threads or _usable_cores()
     bf16 = params["bf16_autocast"]
 
     corpus = _build_corpus(r, seed)
