@@ -91,3 +91,22 @@ def test_fetch_cli_prints_summary(sharegpt_file, tmp_path):
     assert sum(1 for _ in open(out)) == 18
     res = CliRunner().invoke(app, ["data", "fetch", str(tmp_path / "missing.parquet"), "--out", str(out)])
     assert res.exit_code == 1 and "does not exist" in res.output and "Traceback" not in res.output
+
+
+def test_fetch_hub_dataset_through_datasets(monkeypatch, tmp_path):
+    import datasets
+
+    calls = []
+
+    def fake_load(source, subset, split, streaming):
+        calls.append((source, subset, split, streaming))
+        if source == "missing/dataset":
+            raise FileNotFoundError("not on the hub")
+        return iter([_sharegpt(i) for i in range(10)])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    r = fetch("org/prompts", tmp_path / "h.jsonl", subset="chat", split="train", test_size=0, limit=4)
+    assert calls == [("org/prompts", "chat", "train", True)]  # streamed: --limit needs no full download
+    assert r.kept == 4 and r.rows_in == 4
+    with pytest.raises(DataError, match="cannot load dataset 'missing/dataset'"):
+        fetch("missing/dataset", tmp_path / "m.jsonl")

@@ -97,6 +97,18 @@ def test_failures_are_recorded_then_retried_on_rerun(server, tiny_target, tmp_pa
     assert (r2.ok, r2.failed) == (4, 0) and ids_of(out) == ids and not errors_path(out).exists()
 
 
+def test_gives_up_when_servers_keep_failing(tiny_target, tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_convs(src, 40)
+    with OpenAIServer(tiny_target, fail_rate=1.0) as broken:
+        backend = OpenAIBackend([broken.url], concurrency=2, max_retries=0)
+        backend.probe()
+        with pytest.raises(ServerError, match="10 conversations in a row failed"):
+            regenerate(src, out, backend, GREEDY, thinking=False)
+        assert broken.requests < 40
+    assert not out.exists() and len(open(errors_path(out)).readlines()) >= 10
+
+
 def test_down_servers(server, tiny_target):
     down = OpenAIServer(tiny_target, down=True).start()
     backend = OpenAIBackend([down.url], probe_timeout=2)

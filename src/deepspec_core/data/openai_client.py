@@ -183,6 +183,9 @@ class OpenAIBackend:
         # At most `concurrency` conversations in flight, and none further than a window ahead of the
         # oldest unfinished one, so the ordered writer's buffer stays bounded.
         window = 8 * self.concurrency
+        # Servers that stopped answering would otherwise fail every remaining conversation, slowly.
+        give_up_after = max(2 * self.concurrency, 10)
+        failures_in_a_row = 0
         pending: dict[Future, int] = {}
         jobs = iter(jobs)
         next_seq = 0
@@ -202,4 +205,13 @@ class OpenAIBackend:
                     return
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    yield pending.pop(fut), fut.result()
+                    outcome = fut.result()
+                    failures_in_a_row = failures_in_a_row + 1 if outcome.error else 0
+                    yield pending.pop(fut), outcome
+                    if failures_in_a_row >= give_up_after:
+                        for f in pending:
+                            f.cancel()
+                        raise ServerError(
+                            f"{failures_in_a_row} conversations in a row failed; last error: {outcome.error}",
+                            "check the servers, then rerun the same command: finished conversations are kept",
+                        )
