@@ -26,6 +26,20 @@ def chat_file(tmp_path_factory) -> Path:
     return path
 
 
+def _base_sets(tiny_target: Path, chat_file: Path) -> list[str]:
+    return [f"target.model='{tiny_target}'", f"data.train=['{chat_file}']", "data.max_length=96"]
+
+
+@pytest.fixture(scope="session")
+def feature_cache(tiny_target, chat_file, tmp_path_factory) -> Path:
+    """An offline feature cache (default codec) of ``chat_file`` for the quick tiny target."""
+    from deepspec_core.cache.writer import build_cache
+
+    path = tmp_path_factory.mktemp("cache") / "features"
+    build_cache(load_spec("tiny-dflash", [*_base_sets(tiny_target, chat_file), f"cache.path='{path}'"]))
+    return path
+
+
 @pytest.fixture
 def make_spec(tiny_target, chat_file, tmp_path):
     """A RunSpec for ``algo`` on the quick tiny target with online features, written under tmp_path."""
@@ -34,9 +48,7 @@ def make_spec(tiny_target, chat_file, tmp_path):
         return load_spec(
             f"tiny-{algo}",
             [
-                f"target.model='{tiny_target}'",
-                f"data.train=['{chat_file}']",
-                "data.max_length=96",
+                *_base_sets(tiny_target, chat_file),
                 "cache.online=true",
                 f"output.root='{root or tmp_path}'",
                 "train.global_batch_size=8",

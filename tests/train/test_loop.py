@@ -31,11 +31,13 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert 0.1 < lrs[-1] < 0.15 and lr_at(10, s, t) == pytest.approx(0.1)
 
 
-def test_interrupted_and_resumed_run_is_bit_identical(make_spec, tmp_path):
-    full = train(make_spec("eagle3", root=tmp_path / "a"), _quiet())
+def test_interrupted_and_resumed_run_is_bit_identical(make_spec, feature_cache, tmp_path):
+    """Offline cache read by a DataLoader worker; interrupted at step 4 (last checkpoint), resumed."""
+    offline = ("cache.online=false", f"cache.path='{feature_cache}'", "train.num_workers=1")
+    full = train(make_spec("eagle3", *offline, root=tmp_path / "a"), _quiet())
     assert full.finished and full.steps == 6
 
-    spec_b = make_spec("eagle3", root=tmp_path / "b")
+    spec_b = make_spec("eagle3", *offline, root=tmp_path / "b")
     part = train(spec_b, Runtime(progress=False, say=lambda m: None, stop_after=4))
     assert not part.finished and part.steps == 4 and part.checkpoint.name == "step_4"
     messages: list[str] = []
@@ -63,3 +65,17 @@ def test_rerun_resumes_a_finished_run_and_a_changed_spec_is_refused(make_spec):
     fresh = train(make_spec("eagle3", "train.max_steps=2", "train.val_samples=0", "train.lr=1e-2"),
                   Runtime(progress=False, say=lambda m: None, fresh=True))
     assert fresh.resumed_from is None and fresh.run_dir == first.run_dir
+
+
+@pytest.mark.parametrize("algo", ["eagle3", "dflash", "dspark"])
+def test_each_algorithm_learns(make_spec, algo):
+    """A few steps on the tiny target move validation loss and the τ estimates the right way."""
+    spec = make_spec(algo, "train.max_steps=8", "train.val_every=8", "train.save_every=8", "train.micro_batch_size=8")
+    result = train(spec, _quiet())
+    val = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    val = {r["step"]: r for r in val if r["kind"] == "val"}
+    before, after = val[0], val[8]
+    assert after["loss"] < before["loss"]
+    assert after["tau_expected"] > before["tau_expected"] + 0.15
+    assert after["tau_greedy"] > 1.0
+    assert len(after["accept_per_pos"]) == spec.num_draft_tokens()

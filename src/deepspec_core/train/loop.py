@@ -253,6 +253,12 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
     val_metrics: dict[str, Any] = {}
     last_ckpt: Path | None = None
     stop = sched.total_steps if rt.stop_after is None else min(sched.total_steps, rt.stop_after)
+    if state.step == 0:  # the untrained baseline, so a run's log shows what training bought
+        val_metrics = validate(parts, model, spec, env, device)
+        if val_metrics and logger:
+            logger.log(0, "val", val_metrics)
+            say(_val_line(0, val_metrics))
+    window_t0 = t_loop0 = time.time()
     model.train()
     with (
         TrainProgress(sched.total_steps, state.step, rt.progress and env.is_main) as progress,
@@ -374,7 +380,7 @@ class _StopRequest:
 def _val_line(step: int, m: dict[str, Any]) -> str:
     acc = " ".join(f"{x:.2f}" for x in m.get("accept_per_pos", []))
     return (
-        f"[cyan]val[/] step {step}: loss {m.get('loss', float('nan')):.4f}  "
+        f"val step {step}: loss {m.get('loss', float('nan')):.4f}  "
         f"τ≈{m.get('tau_expected', float('nan')):.3f} (greedy {m.get('tau_greedy', float('nan')):.3f})  "
         f"acceptance {acc}"
     )
