@@ -53,9 +53,8 @@ class Runtime:
     fresh: bool = False
     progress: bool = True
     say: Callable[[str], None] = print  # one-line notes for a user (main process only)
-    stop_after: int | None = (
-        None  # end (with a checkpoint) after this many optimizer steps, as a preemption would
-    )
+    # End (with a checkpoint) after this many optimizer steps, as a preemption would.
+    stop_after: int | None = None
 
 
 @dataclass
@@ -107,8 +106,12 @@ def _wrap(draft: nn.Module, spec: RunSpec, env: DistEnv, device: torch.device) -
         )
         # One group over the whole draft: drafts are a few layers, and some call layer methods other
         # than forward (DFlash projects context keys/values), which per-layer groups would not unshard.
-        # What FSDP saves here is the sharded optimizer state and gradients.
-        return fully_shard(draft, mp_policy=mp)
+        # What FSDP saves here is the sharded optimizer state and gradients. The frozen target
+        # embedding / lm_head stay whole on every process (no all-gather of the vocabulary each step).
+        kw: dict[str, Any] = {}
+        if "ignored_params" in inspect.signature(fully_shard).parameters:
+            kw["ignored_params"] = {p for p in draft.parameters() if not p.requires_grad}
+        return fully_shard(draft, mp_policy=mp, **kw)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
