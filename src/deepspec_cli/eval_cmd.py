@@ -80,6 +80,8 @@ def eval_command(
     res = evaluate(loaded, benchmarks, limit=limit, temperature=temperature, max_new_tokens=max_new_tokens,
                    num_draft_tokens=num_draft_tokens, thinking=thinking, data_dir=data_dir, seed=seed, speed=speed,
                    save_outputs=save_outputs, out_dir=out, progress=console.is_terminal)
+    if not res.main:
+        return  # another process of a multi-process run prints the results
     for table in render(res.results):
         console.print(table)
     console.print(f"[dim]thinking {'on' if res.results.protocol.thinking else 'off'} "

@@ -15,6 +15,7 @@ from deepspec_core.errors import CheckpointError
 from deepspec_core.eval.metrics import EvalResults
 from deepspec_core.eval.runner import evaluate, load_draft, resolve_checkpoint
 from deepspec_core.spec import RunSpec, save_spec
+from deepspec_core.train.launch import free_port
 
 
 def _run_dir(tmp_path, tiny_target, algo: str):
@@ -101,3 +102,25 @@ def test_cli_eval(tmp_path, tiny_target):
     assert bad.exit_code == 1 and "does not exist" in bad.output
     bad = cli.invoke(app, ["eval", "--draft", str(run), "--benchmarks", "gsm9k", "--data-dir", "packaged"])
     assert bad.exit_code == 2 and "unknown benchmark" in bad.output
+
+
+def test_prompts_split_over_processes_give_the_same_results(tmp_path, tiny_target):
+    """torchrun with 2 CPU processes (gloo): each decodes every other prompt; the merged results
+    equal a single process's, because sample i always decodes with seed + i."""
+    import os
+    import subprocess
+    import sys
+
+    run = _run_dir(tmp_path, tiny_target, "eagle3")
+    args = ["eval", "--draft", str(run), "--benchmarks", "mbpp", "--limit", "3", "--data-dir", "packaged",
+            "--temperature", "1", "--max-new-tokens", "8", "--save-outputs"]
+    single = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "one")])
+    assert single.exit_code == 0, single.output
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "deepspec_cli.main", *args, "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert one["benchmarks"]["mbpp"] == two["benchmarks"]["mbpp"]
+    assert (tmp_path / "one" / "outputs" / "mbpp.jsonl").read_text() == (tmp_path / "two" / "outputs" / "mbpp.jsonl").read_text()

@@ -76,6 +76,7 @@ def load_draft(path: Path | str, target: str | None = None, device: str = "auto"
     from deepspec_core.targets.hf import load_target_from_spec
     from deepspec_core.train.checkpoint import load_weights
 
+    device = _join_processes(device)
     step, run = resolve_checkpoint(path)
     draft_toml = step / "draft.toml"
     if not draft_toml.is_file():
@@ -92,6 +93,19 @@ def load_draft(path: Path | str, target: str | None = None, device: str = "auto"
     draft.load_trainable_state_dict(load_weights(step))
     draft.to(device=tgt.device, dtype=tgt.dtype).eval()  # decoding runs under no_grad
     return LoadedDraft(draft, tgt, spec, step, run)
+
+
+def _join_processes(device: str) -> str:
+    """Under torchrun / SLURM (one process per GPU, each decoding every world_size-th prompt): join
+    the process group and return this process's device; else ``device`` unchanged."""
+    from deepspec_core.train.launch import detect_env, init_distributed, pick_device
+
+    env = detect_env()
+    if not env.distributed:
+        return device
+    dev = pick_device(env, device)
+    init_distributed(env, dev)
+    return str(dev)
 
 
 def default_out_dir(loaded: LoadedDraft) -> Path:
@@ -165,8 +179,10 @@ def _encode(tokenizer: Any, messages: list[dict[str, str]], thinking: bool, devi
     return torch.tensor([ids], dtype=torch.long, device=device)
 
 
-def run_benchmark(loaded: LoadedDraft, prompts: bm.BenchmarkPrompts, s: EvalSettings, advance: Any = None) -> BenchmarkRun:
-    """Decode every prompt (all its turns) of one benchmark; ``advance()`` is called per sample."""
+def run_benchmark(loaded: LoadedDraft, prompts: bm.BenchmarkPrompts, s: EvalSettings, advance: Any = None,
+                  indices: list[int] | None = None) -> BenchmarkRun:
+    """Decode the prompts (all their turns) of one benchmark at ``indices`` (default: all);
+    ``advance()`` is called per sample."""
     model, tok, draft = loaded.target.model, loaded.target.tokenizer, loaded.draft
     device = loaded.target.device
     eos = eos_token_ids(model, tok)
@@ -176,11 +192,12 @@ def run_benchmark(loaded: LoadedDraft, prompts: bm.BenchmarkPrompts, s: EvalSett
     def gen(seed: int) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(seed)
 
-    if s.speed:  # warm-up: allocator, kernels, lazy initialisation of both paths
+    if s.speed and (indices is None or indices):  # warm-up: allocator, kernels, lazy init of both paths
         ids = _encode(tok, [{"role": "user", "content": prompts.turns[0][0]}], s.thinking, device)
         speculative_generate(model, draft, ids, s.num_draft_tokens, min(16, s.max_new_tokens), s.temperature, gen(0), eos)
         target_generate(model, ids, min(16, s.max_new_tokens), s.temperature, gen(0))
-    for i, turns in enumerate(prompts.turns):
+    for i in range(len(prompts)) if indices is None else indices:
+        turns = prompts.turns[i]
         messages: list[dict[str, str]] = []
         g = gen(s.seed + i)
         for t, turn in enumerate(turns):
@@ -215,6 +232,7 @@ class EvalResult:
     results: mt.EvalResults
     out_dir: Path
     files: list[Path]
+    main: bool = True  # False on the other processes of a multi-process run (they write nothing)
 
 
 def _protocol(loaded: LoadedDraft, s: EvalSettings, infos: list[mt.BenchmarkInfo], thinking_source: str) -> mt.Protocol:
@@ -259,6 +277,9 @@ def evaluate(
     plots: bool = True,
 ) -> EvalResult:
     """Evaluate a trained draft on benchmarks; unset arguments come from the run's ``eval`` spec."""
+    from deepspec_core.train.launch import detect_env
+
+    env = detect_env()
     loaded = draft if isinstance(draft, LoadedDraft) else load_draft(draft, target, device)
     ev = loaded.spec.eval
     names = bm.parse_benchmarks(benchmarks if benchmarks is not None else ev.benchmarks)
@@ -278,21 +299,43 @@ def evaluate(
     prompts = [bm.load_benchmark(n, data_dir or ev.data_dir, limit or ev.limit, s.seed) for n in names]
     per: dict[str, mt.BenchmarkResult] = {}
     files: list[Path] = []
-    with _progress(progress) as bar:
+    with _progress(progress and env.is_main) as bar:
         for p in prompts:
-            task = bar.add_task(p.name, total=len(p))
-            run = run_benchmark(loaded, p, s, advance=lambda task=task: bar.advance(task))
+            mine = list(range(env.rank, len(p), env.world_size))
+            task = bar.add_task(p.name, total=len(mine))
+            run = run_benchmark(loaded, p, s, advance=lambda task=task: bar.advance(task), indices=mine)
+            if env.distributed:
+                run = _gather(run)
             speed_ = mt.make_speed(run.timed_tokens, run.target_seconds, run.spec_seconds) if speed and run.timed_tokens else None
             per[p.name] = mt.benchmark_result(run.lengths, s.num_draft_tokens, len(p), run.generated, speed_)
-            if save_outputs:
+            if save_outputs and env.is_main:
                 path = out / "outputs" / f"{p.name}.jsonl"
                 atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in run.outputs))
                 files.append(path)
     infos = [mt.BenchmarkInfo(name=p.name, domain=p.domain, samples=len(p), content_hash=p.content_hash, source=p.source)
              for p in prompts]
     results = mt.EvalResults(protocol=_protocol(loaded, s, infos, thinking_source), benchmarks=per, macro=mt.macro_average(per))
-    files += write_results(results, out, plots)
-    return EvalResult(results, out, files)
+    if env.is_main:
+        files += write_results(results, out, plots)
+    return EvalResult(results, out, files, env.is_main)
+
+
+def _gather(run: BenchmarkRun) -> BenchmarkRun:
+    """Merge every process's part of a benchmark (sums; outputs in sample order)."""
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, run)
+    merged = BenchmarkRun()
+    for r in parts:
+        merged.lengths += r.lengths
+        merged.generated += r.generated
+        merged.spec_seconds += r.spec_seconds
+        merged.target_seconds += r.target_seconds
+        merged.timed_tokens += r.timed_tokens
+        merged.outputs += r.outputs
+    merged.outputs.sort(key=lambda o: (o["sample"], o["turn"]))
+    return merged
 
 
 def write_results(results: mt.EvalResults, out: Path, plots: bool = True) -> list[Path]:
