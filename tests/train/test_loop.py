@@ -34,10 +34,10 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 def test_interrupted_and_resumed_run_is_bit_identical(make_spec, feature_cache, tmp_path):
     """Offline cache read by a DataLoader worker; interrupted at step 4 (last checkpoint), resumed."""
     offline = ("cache.online=false", f"cache.path='{feature_cache}'", "train.num_workers=1")
-    full = train(make_spec("eagle3", *offline, root=tmp_path / "a"), _quiet())
+    full = train(make_spec("dflash", *offline, root=tmp_path / "a"), _quiet())
     assert full.finished and full.steps == 6
 
-    spec_b = make_spec("eagle3", *offline, root=tmp_path / "b")
+    spec_b = make_spec("dflash", *offline, root=tmp_path / "b")
     part = train(spec_b, Runtime(progress=False, say=lambda m: None, stop_after=4))
     assert not part.finished and part.steps == 4 and part.checkpoint.name == "step_4"
     messages: list[str] = []
@@ -55,14 +55,14 @@ def test_interrupted_and_resumed_run_is_bit_identical(make_spec, feature_cache, 
 
 
 def test_rerun_resumes_a_finished_run_and_a_changed_spec_is_refused(make_spec):
-    spec = make_spec("eagle3", "train.max_steps=2", "train.val_samples=0")
+    spec = make_spec("dflash", "train.max_steps=2", "train.val_samples=0")
     first = train(spec, _quiet())
     messages: list[str] = []
-    again = train(make_spec("eagle3", "train.max_steps=2", "train.val_samples=0", "train.log_every=1"), _quiet(messages))
+    again = train(make_spec("dflash", "train.max_steps=2", "train.val_samples=0", "train.log_every=1"), _quiet(messages))
     assert again.resumed_from == 2 and again.steps == 2 and any("resuming" in m for m in messages)
     with pytest.raises(CheckpointError, match=r"train\.lr"):
-        train(make_spec("eagle3", "train.max_steps=2", "train.val_samples=0", "train.lr=1e-2"), _quiet())
-    fresh = train(make_spec("eagle3", "train.max_steps=2", "train.val_samples=0", "train.lr=1e-2"),
+        train(make_spec("dflash", "train.max_steps=2", "train.val_samples=0", "train.lr=1e-2"), _quiet())
+    fresh = train(make_spec("dflash", "train.max_steps=2", "train.val_samples=0", "train.lr=1e-2"),
                   Runtime(progress=False, say=lambda m: None, fresh=True))
     assert fresh.resumed_from is None and fresh.run_dir == first.run_dir
 
@@ -79,3 +79,19 @@ def test_each_algorithm_learns(make_spec, algo):
     assert after["tau_expected"] > before["tau_expected"] + 0.15
     assert after["tau_greedy"] > 1.0
     assert len(after["accept_per_pos"]) == spec.num_draft_tokens()
+
+
+def test_sigterm_asks_for_a_checkpoint_instead_of_dying():
+    import os
+    import signal
+
+    from deepspec_core.train.launch import DistEnv
+    from deepspec_core.train.loop import _StopRequest
+
+    before = signal.getsignal(signal.SIGTERM)
+    notes: list[str] = []
+    with _StopRequest(notes.append) as req:
+        assert not req.agreed(DistEnv(), torch.device("cpu"))
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert req.agreed(DistEnv(), torch.device("cpu")) and "SIGTERM" in notes[0]
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -64,7 +64,8 @@ class TrainState:
     epoch: int = 0
     step_in_epoch: int = 0  # optimizer steps already taken in `epoch`
     samples_seen: int = 0
-    tokens_seen: int = 0
+    tokens_seen: int = 0  # over all processes, counted at each logging step
+    skipped_steps: int = 0  # updates skipped for a non-finite gradient
     world_size: int = 1
     total_steps: int = 0
     best_val_tau: float | None = None

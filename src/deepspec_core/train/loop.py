@@ -283,24 +283,39 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
                 step_records.append(metrics_of(out))
             if spec.train.distributed == "fsdp" and hasattr(model, "set_requires_gradient_sync"):
                 model.set_requires_gradient_sync(True)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                trainable, spec.train.grad_clip if spec.train.grad_clip > 0 else float("inf")
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(
+                    trainable, spec.train.grad_clip if spec.train.grad_clip > 0 else math.inf
+                )
             )
-            optimizer.step()
+            if math.isfinite(grad_norm):
+                optimizer.step()
+            else:  # a NaN/inf gradient would poison the weights and the AdamW moments: skip the update
+                state.skipped_steps += 1
+                say(
+                    f"step {step + 1}: non-finite gradient norm, update skipped ({state.skipped_steps} so far)"
+                )
             optimizer.zero_grad(set_to_none=True)
 
             state.step = step + 1
             state.epoch, state.step_in_epoch = plan.position(state.step)
             state.samples_seen += spec.train.global_batch_size
-            state.tokens_seen += step_tokens * env.world_size
-            window += [{**r, "grad_norm": float(grad_norm)} for r in step_records]
+            window += [{**r, "grad_norm": grad_norm} for r in step_records]
             window_tokens += step_tokens
             tokens_run += step_tokens
 
             if state.step % spec.train.log_every == 0 or state.step == stop:
                 metrics = pooled_metrics(window, env, device)
-                tps = window_tokens * env.world_size / max(time.time() - window_t0, 1e-9)
-                metrics.update(lr=lr, tokens_per_s=tps, epoch=state.epoch, samples=state.samples_seen)
+                window_tokens = _sum_over_processes(window_tokens, env, device)
+                state.tokens_seen += window_tokens
+                tps = window_tokens / max(time.time() - window_t0, 1e-9)
+                metrics.update(
+                    lr=lr,
+                    tokens_per_s=tps,
+                    epoch=state.epoch,
+                    samples=state.samples_seen,
+                    tokens_seen=state.tokens_seen,
+                )
                 if logger:
                     logger.log(state.step, "train", metrics)
                 progress.update(
@@ -339,7 +354,7 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
         finished=state.step >= sched.total_steps,
         checkpoint=last_ckpt or run.latest(),
         val=val_metrics,
-        train_tokens_per_s=tokens_run * env.world_size / max(elapsed, 1e-9),
+        train_tokens_per_s=_sum_over_processes(tokens_run, env, device) / max(elapsed, 1e-9),
         minutes=(time.time() - t_start) / 60,
     )
 
@@ -387,6 +402,16 @@ def _val_line(step: int, m: dict[str, Any]) -> str:
         f"τ≈{m.get('tau_expected', float('nan')):.3f} (greedy {m.get('tau_greedy', float('nan')):.3f})  "
         f"acceptance {acc}"
     )
+
+
+def _sum_over_processes(value: int, env: DistEnv, device: torch.device) -> int:
+    if not env.distributed:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    return int(t.item())
 
 
 def _barrier(env: DistEnv) -> None:
