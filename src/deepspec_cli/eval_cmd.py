@@ -19,10 +19,14 @@ def render(r: EvalResults) -> list[Table]:
     p = r.protocol
     k = p.num_draft_tokens
     items = [*r.benchmarks.items(), ("macro", r.macro)]
-    main = Table(title=f"{p.algorithm}: τ (bonus included), T={p.temperature:g}, k={k}, "
-                       f"thinking {'on' if p.thinking else 'off'}")
+    main = Table(
+        title=f"{p.algorithm}: τ (bonus included), T={p.temperature:g}, k={k}, "
+        f"thinking {'on' if p.thinking else 'off'}"
+    )
     speed = any(b.speed is not None for b in r.benchmarks.values())
-    for col in ["benchmark", "samples", "rounds", "τ"] + (["target tok/s", "spec tok/s", "speedup"] if speed else []):
+    for col in ["benchmark", "samples", "rounds", "τ"] + (
+        ["target tok/s", "spec tok/s", "speedup"] if speed else []
+    ):
         main.add_column(col, justify="left" if col == "benchmark" else "right")
     pos = Table(title="conditional acceptance by draft position")
     pos.add_column("benchmark")
@@ -47,13 +51,23 @@ def render(r: EvalResults) -> list[Table]:
 
 @handle_errors
 def eval_command(
-    draft: Path = typer.Option(..., "--draft", help="Run directory (its latest checkpoint) or a step_<N> directory."),
-    target: str | None = typer.Option(None, "--target", help="Target to verify with (default: the draft's own)."),
-    benchmarks: str | None = typer.Option(
-        None, "--benchmarks", help="Comma-separated benchmarks, or 'all' for the reference nine (default: the run's eval spec)."
+    draft: Path = typer.Option(
+        ..., "--draft", help="Run directory (its latest checkpoint) or a step_<N> directory."
     ),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Samples per benchmark (a prefix of the full set)."),
-    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature; 0 is greedy."),
+    target: str | None = typer.Option(
+        None, "--target", help="Target to verify with (default: the draft's own)."
+    ),
+    benchmarks: str | None = typer.Option(
+        None,
+        "--benchmarks",
+        help="Comma-separated benchmarks, or 'all' for the reference nine (default: the run's eval spec).",
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="Samples per benchmark (a prefix of the full set)."
+    ),
+    temperature: float | None = typer.Option(
+        None, "--temperature", min=0.0, help="Sampling temperature; 0 is greedy."
+    ),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="New tokens per turn."),
     num_draft_tokens: int | None = typer.Option(
         None, "--num-draft-tokens", min=1, help="Tokens drafted per round (default: block size / TTT length)."
@@ -62,11 +76,17 @@ def eval_command(
         None, "--thinking/--no-thinking", help="Override the thinking mode the draft was trained with."
     ),
     data_dir: str | None = typer.Option(
-        None, "--data-dir", help="Directory of <benchmark>.jsonl prompt files ({'turns': [...]}); 'packaged' for the shipped ones."
+        None,
+        "--data-dir",
+        help="Directory of <benchmark>.jsonl prompt files ({'turns': [...]}); 'packaged' for the shipped ones.",
     ),
     seed: int | None = typer.Option(None, "--seed", help="Seed of benchmark subsets and sampling."),
-    speed: bool = typer.Option(False, "--speed", help="Also time target-only decoding of the same prompts and lengths."),
-    save_outputs: bool = typer.Option(False, "--save-outputs", help="Write outputs/<benchmark>.jsonl (ids, text, accepted lengths)."),
+    speed: bool = typer.Option(
+        False, "--speed", help="Also time target-only decoding of the same prompts and lengths."
+    ),
+    save_outputs: bool = typer.Option(
+        False, "--save-outputs", help="Write outputs/<benchmark>.jsonl (ids, text, accepted lengths)."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Output directory (default: <run>/eval/<step>/)."),
     device: str = typer.Option("auto", "--device", help="Device: auto, cpu, cuda, cuda:1, ..."),
 ) -> None:
@@ -75,16 +95,32 @@ def eval_command(
 
     loaded = load_draft(draft, target, device)
     if thinking is not None and thinking != loaded.spec.target.thinking:
-        console.print(f"[yellow]note:[/] thinking {'on' if thinking else 'off'} overrides the draft's training "
-                      f"setting ({'on' if loaded.spec.target.thinking else 'off'})")
-    res = evaluate(loaded, benchmarks, limit=limit, temperature=temperature, max_new_tokens=max_new_tokens,
-                   num_draft_tokens=num_draft_tokens, thinking=thinking, data_dir=data_dir, seed=seed, speed=speed,
-                   save_outputs=save_outputs, out_dir=out, progress=console.is_terminal)
+        console.print(
+            f"[yellow]note:[/] thinking {'on' if thinking else 'off'} overrides the draft's training "
+            f"setting ({'on' if loaded.spec.target.thinking else 'off'})"
+        )
+    res = evaluate(
+        loaded,
+        benchmarks,
+        limit=limit,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        num_draft_tokens=num_draft_tokens,
+        thinking=thinking,
+        data_dir=data_dir,
+        seed=seed,
+        speed=speed,
+        save_outputs=save_outputs,
+        out_dir=out,
+        progress=console.is_terminal,
+    )
     if not res.main:
         return  # another process of a multi-process run prints the results
     for table in render(res.results):
         console.print(table)
-    console.print(f"[dim]thinking {'on' if res.results.protocol.thinking else 'off'} "
-                  f"({'as trained' if res.results.protocol.thinking_source == 'draft' else 'override'}); "
-                  f"checkpoint {loaded.step_dir}[/]")
+    console.print(
+        f"[dim]thinking {'on' if res.results.protocol.thinking else 'off'} "
+        f"({'as trained' if res.results.protocol.thinking_source == 'draft' else 'override'}); "
+        f"checkpoint {loaded.step_dir}[/]"
+    )
     console.print(f"wrote {res.out_dir / 'results.json'} (+ {len(res.files) - 1} more files)")

@@ -43,7 +43,9 @@ class MixtureDraft:
                 toks.append(tok.view(1))
                 probs.append(torch.ones(1))
             else:
-                q = self.alpha * torch.softmax(logits / temperature, -1) + (1 - self.alpha) * self.noise  # (1, V)
+                q = (
+                    self.alpha * torch.softmax(logits / temperature, -1) + (1 - self.alpha) * self.noise
+                )  # (1, V)
                 tok = torch.multinomial(q, 1, generator=generator).view(1)
                 toks.append(tok)
                 probs.append(q[0, tok])

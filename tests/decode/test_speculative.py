@@ -26,8 +26,15 @@ ALGOS = ["eagle3", "dflash", "dspark"]
 def _target(vocab: int = V, sharpen: float = 1.0, seed: int = 0) -> Qwen3ForCausalLM:
     torch.manual_seed(seed)
     cfg = Qwen3Config(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=512, tie_word_embeddings=False,
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
     )
     model = Qwen3ForCausalLM(cfg).eval()
     with torch.no_grad():
@@ -48,14 +55,20 @@ def _draft(algo: str, model: Qwen3ForCausalLM, seed: int = 0):
         draft["block_size"] = 4
     spec = RunSpec.model_validate({"target": {"layer_ids": [0, 2], "mask_token_id": V - 1}, "draft": draft})
     torch.manual_seed(seed)
-    return DRAFTS.get(algo).from_spec(
-        spec.draft, spec.target, model.config, model.get_input_embeddings().weight, model.lm_head.weight
-    ).eval()
+    return (
+        DRAFTS.get(algo)
+        .from_spec(
+            spec.draft, spec.target, model.config, model.get_input_embeddings().weight, model.lm_head.weight
+        )
+        .eval()
+    )
 
 
 def _prompts(n: int, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, V, (1, int(torch.randint(1, 12, (), generator=g))), generator=g) for _ in range(n)]
+    return [
+        torch.randint(0, V, (1, int(torch.randint(1, 12, (), generator=g))), generator=g) for _ in range(n)
+    ]
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -96,8 +109,9 @@ def test_max_new_tokens_and_eos_are_respected():
     full = speculative_generate(model, draft, ids, 4, 13)
     assert len(full.tokens) == 13
     eos = full.tokens[6]
-    stop = speculative_generate(model, MixtureDraft(model, 1.0, torch.full((V,), 1.0 / V)), ids, 4, 13,
-                                eos_token_ids=[eos])
+    stop = speculative_generate(
+        model, MixtureDraft(model, 1.0, torch.full((V,), 1.0 / V)), ids, 4, 13, eos_token_ids=[eos]
+    )
     assert stop.tokens == full.tokens[: full.tokens.index(eos) + 1]
     assert len(speculative_generate(model, draft, ids, 4, 1).tokens) == 1
 
@@ -130,7 +144,10 @@ def _spec_samples(model, exact, overlap: float, verify_fn=verify) -> torch.Tenso
     g = torch.Generator().manual_seed(1234)
     noise = torch.softmax(4.0 * torch.randn(V, generator=torch.Generator().manual_seed(9)), -1)
     draft = FixedDraft(overlap * exact[0] + (1 - overlap) * noise)
-    out = [speculative_generate(model, draft, PROMPT, 3, STEPS, 1.0, g, verify_fn=verify_fn).tokens for _ in range(RUNS)]
+    out = [
+        speculative_generate(model, draft, PROMPT, 3, STEPS, 1.0, g, verify_fn=verify_fn).tokens
+        for _ in range(RUNS)
+    ]
     return torch.tensor(out)
 
 
@@ -161,7 +178,9 @@ def test_target_only_sampling_matches_the_exact_distribution(sharp_target, exact
 
 def _accept_always(prop, logits, temperature, generator):
     k = prop.tokens.shape[1]
-    return Verdict(torch.tensor([k]), sample(torch.softmax(logits[:, k].float() / temperature, -1), generator))
+    return Verdict(
+        torch.tensor([k]), sample(torch.softmax(logits[:, k].float() / temperature, -1), generator)
+    )
 
 
 def _resample_from_p(prop, logits, temperature, generator):

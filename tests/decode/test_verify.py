@@ -29,7 +29,9 @@ def _setup():
     p = _dists(1, K + 1, 2.0)  # (K+1, V)
     q = _dists(2, K, 2.0)  # (K, V)
     g = torch.Generator().manual_seed(3)
-    drafts = torch.stack([torch.multinomial(q[j], N, replacement=True, generator=g) for j in range(K)], 1)  # (N, K)
+    drafts = torch.stack(
+        [torch.multinomial(q[j], N, replacement=True, generator=g) for j in range(K)], 1
+    )  # (N, K)
     return p, q, drafts, g
 
 

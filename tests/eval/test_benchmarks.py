@@ -15,12 +15,24 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared eval promp
 
 
 def test_registry_has_the_reference_benchmarks_with_their_counts_and_domains():
-    counts = {"gsm8k": 500, "math500": 500, "aime25": 30, "humaneval": 164, "mbpp": 256, "livecodebench": 500,
-              "mt-bench": 80, "alpaca": 500, "arena-hard-v2": 500, "aime24": 30, "lbpp": 162}
+    counts = {
+        "gsm8k": 500,
+        "math500": 500,
+        "aime25": 30,
+        "humaneval": 164,
+        "mbpp": 256,
+        "livecodebench": 500,
+        "mt-bench": 80,
+        "alpaca": 500,
+        "arena-hard-v2": 500,
+        "aime24": 30,
+        "lbpp": 162,
+    }
     assert {n: bm.get_benchmark(n).num_samples for n in counts} == counts
     assert set(bm.BENCHMARKS.names()) == set(counts)
-    assert [bm.domain_of(n) for n in ("gsm8k", "aime24", "lbpp", "humaneval", "mt-bench", "arena-hard-v2")] == [
-        "math", "math", "code", "code", "chat", "chat"]
+    assert [
+        bm.domain_of(n) for n in ("gsm8k", "aime24", "lbpp", "humaneval", "mt-bench", "arena-hard-v2")
+    ] == ["math", "math", "code", "code", "chat", "chat"]
     assert bm.parse_benchmarks(None) == bm.REFERENCE_NINE
     assert bm.parse_benchmarks("gsm8k, mbpp") == ["gsm8k", "mbpp"]
     with pytest.raises(SpecError, match="unknown benchmark 'gsm9k'"):
@@ -29,11 +41,15 @@ def test_registry_has_the_reference_benchmarks_with_their_counts_and_domains():
 
 def test_hub_rows_are_worded_like_the_reference_files():
     assert bm.get_benchmark("gsm8k").format_row({"question": "What is 2+2?"}) == [
-        "What is 2+2?\nPlease reason step by step, and put your final answer within \\boxed{}."]
-    assert bm.get_benchmark("humaneval").format_row({"prompt": "def f():\n    \"\"\"doc\"\"\"\n"}) == [
+        "What is 2+2?\nPlease reason step by step, and put your final answer within \\boxed{}."
+    ]
+    assert bm.get_benchmark("humaneval").format_row({"prompt": 'def f():\n    """doc"""\n'}) == [
         "Write a solution to the following problem and make sure that it passes the tests:\n```python\n"
-        "def f():\n    \"\"\"doc\"\"\"\n\n```"]
-    assert bm.get_benchmark("alpaca").format_row({"instruction": "Sort these.", "input": "3 1 2"}) == ["Sort these.\n\n3 1 2"]
+        'def f():\n    """doc"""\n\n```'
+    ]
+    assert bm.get_benchmark("alpaca").format_row({"instruction": "Sort these.", "input": "3 1 2"}) == [
+        "Sort these.\n\n3 1 2"
+    ]
     assert bm.get_benchmark("alpaca").format_row({"instruction": "Say hi.", "input": ""}) == ["Say hi."]
     assert bm.get_benchmark("mt-bench").format_row({"prompt": ["a", "b"]}) == ["a", "b"]
 
@@ -43,10 +59,10 @@ def test_livecodebench_wording_round_trips_the_reference_file():
     rows = bm.read_turns_file(SHARED / "livecodebench.jsonl")
     fmt = bm.get_benchmark("livecodebench").format_row
     for (text,) in rows[:200]:
-        body = text[len(bm.LCB_PREFIX):]
+        body = text[len(bm.LCB_PREFIX) :]
         question, _, rest = body.partition("\n\n### Format: ")
         if rest.startswith("Use the following code structure:\n```python\n"):
-            starter = rest[len("Use the following code structure:\n```python\n"):-len(bm.LCB_ANSWER)]
+            starter = rest[len("Use the following code structure:\n```python\n") : -len(bm.LCB_ANSWER)]
         else:
             starter = ""
         assert fmt({"question_content": question, "starter_code": starter}) == [text]

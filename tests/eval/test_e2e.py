@@ -34,11 +34,15 @@ def pipeline(tiny_target, tmp_path_factory):
     times: dict[str, float] = {}
 
     root = td.stdlib_root()
-    files = [f for f in td.stdlib_files(root) if f.name in ("textwrap.py", "shlex.py", "fractions.py", "string.py")]
+    files = [
+        f for f in td.stdlib_files(root) if f.name in ("textwrap.py", "shlex.py", "fractions.py", "string.py")
+    ]
     rows = []
     for src in td.read_sources(files, root):
         for conv in td.chat_pairs(src, max_answer_chars=600):
-            rows.append({"id": conv["id"], "messages": [m for m in conv["messages"] if m["role"] != "assistant"]})
+            rows.append(
+                {"id": conv["id"], "messages": [m for m in conv["messages"] if m["role"] != "assistant"]}
+            )
     prompts = out / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows[:48]))
 
@@ -49,13 +53,25 @@ def pipeline(tiny_target, tmp_path_factory):
     times["regen"] = time.perf_counter() - t0
 
     def spec(algo):
-        return load_spec(f"tiny-{algo}", [
-            f"target.model='{tiny_target}'", f"data.train=['{out / 'train.regen.jsonl'}']", "data.eval=[]",
-            "data.max_length=160", f"cache.path='{out / 'features'}'", f"output.root='{out / 'runs'}'",
-            f"train.max_steps={TRAIN_STEPS}", "train.global_batch_size=8", "train.micro_batch_size=8",
-            "train.val_samples=0", f"train.save_every={TRAIN_STEPS}", f"train.val_every={TRAIN_STEPS}",
-            "train.tensorboard=false", "train.num_workers=0",
-        ])
+        return load_spec(
+            f"tiny-{algo}",
+            [
+                f"target.model='{tiny_target}'",
+                f"data.train=['{out / 'train.regen.jsonl'}']",
+                "data.eval=[]",
+                "data.max_length=160",
+                f"cache.path='{out / 'features'}'",
+                f"output.root='{out / 'runs'}'",
+                f"train.max_steps={TRAIN_STEPS}",
+                "train.global_batch_size=8",
+                "train.micro_batch_size=8",
+                "train.val_samples=0",
+                f"train.save_every={TRAIN_STEPS}",
+                f"train.val_every={TRAIN_STEPS}",
+                "train.tensorboard=false",
+                "train.num_workers=0",
+            ],
+        )
 
     t0 = time.perf_counter()
     build_cache(spec(ALGOS[0]))
@@ -66,8 +82,16 @@ def pipeline(tiny_target, tmp_path_factory):
         res = train(spec(algo), Runtime(progress=False, say=lambda _line: None, device="cpu"))
         times[f"train {algo}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        ev = evaluate(res.run_dir, benchmarks="humaneval,mbpp", limit=2, temperature=0.0, max_new_tokens=32,
-                      data_dir="packaged", speed=True, progress=False)
+        ev = evaluate(
+            res.run_dir,
+            benchmarks="humaneval,mbpp",
+            limit=2,
+            temperature=0.0,
+            max_new_tokens=32,
+            data_dir="packaged",
+            speed=True,
+            progress=False,
+        )
         times[f"eval {algo}"] = time.perf_counter() - t0
         results[algo] = ev.out_dir / "results.json"
     torch.set_num_threads(threads)

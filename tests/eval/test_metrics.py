@@ -29,7 +29,9 @@ def test_macro_is_an_equal_weight_mean():
     assert m.tau == pytest.approx((1 + 3) / 2) and m.rounds == 6 and m.samples == 4
     assert m.acceptance_conditional == pytest.approx([0.5, 0.5])
     assert m.speedup == pytest.approx((2.0 + 3.0) / 2)
-    assert a.speed.target_tokens_per_s == pytest.approx(5.0) and a.speed.spec_tokens_per_s == pytest.approx(10.0)
+    assert a.speed.target_tokens_per_s == pytest.approx(5.0) and a.speed.spec_tokens_per_s == pytest.approx(
+        10.0
+    )
     assert mt.macro_average({"a": mt.benchmark_result([1], 2, 1, 1), "b": b}).speedup is None
 
 

@@ -24,18 +24,24 @@ def _run_dir(tmp_path, tiny_target, algo: str):
     from deepspec_core.train.checkpoint import RunDir, TrainState, save_checkpoint
 
     draft = {"algo": algo, "num_layers": 1, **({"ttt_length": 3} if algo == "eagle3" else {"block_size": 3})}
-    spec = RunSpec.model_validate({
-        "name": f"eval-{algo}", "target": {"model": str(tiny_target), "layer_ids": [0, 1, 2], "mask_token_id": 5},
-        "draft": draft, "output": {"root": str(tmp_path)},
-        "eval": {"benchmarks": ["humaneval", "mt-bench"], "temperature": 0.0, "max_new_tokens": 10},
-    })
+    spec = RunSpec.model_validate(
+        {
+            "name": f"eval-{algo}",
+            "target": {"model": str(tiny_target), "layer_ids": [0, 1, 2], "mask_token_id": 5},
+            "draft": draft,
+            "output": {"root": str(tmp_path)},
+            "eval": {"benchmarks": ["humaneval", "mt-bench"], "temperature": 0.0, "max_new_tokens": 10},
+        }
+    )
     t = load_target(str(tiny_target))
     torch.manual_seed(0)
     d = build_draft(spec, t.config, t.model.get_input_embeddings(), t.model.get_output_embeddings())
     run = RunDir(spec.run_dir())
     run.path.mkdir(parents=True)
     save_spec(spec, run.spec_path)
-    save_checkpoint(run, TrainState(step=2), d.trainable_state_dict(), {"algo": algo}, spec, None, [], keep_last=2)
+    save_checkpoint(
+        run, TrainState(step=2), d.trainable_state_dict(), {"algo": algo}, spec, None, [], keep_last=2
+    )
     return run.path
 
 
@@ -48,8 +54,18 @@ def test_evaluate_writes_valid_results_and_auditable_outputs(tmp_path, tiny_targ
     data = json.loads((out / "results.json").read_text())
     r = EvalResults.model_validate(data)
     p = r.protocol
-    assert (p.algorithm, p.num_draft_tokens, p.temperature, p.max_new_tokens, p.thinking_source) == (algo, 3, 0.0, 10, "draft")
-    assert p.bonus_token_in_tau and p.chain_drafting and [b.name for b in p.benchmarks] == ["humaneval", "mt-bench"]
+    assert (p.algorithm, p.num_draft_tokens, p.temperature, p.max_new_tokens, p.thinking_source) == (
+        algo,
+        3,
+        0.0,
+        10,
+        "draft",
+    )
+    assert (
+        p.bonus_token_in_tau
+        and p.chain_drafting
+        and [b.name for b in p.benchmarks] == ["humaneval", "mt-bench"]
+    )
     assert all(b.samples == 2 and len(b.content_hash) == 16 for b in p.benchmarks)
     for name, b in r.benchmarks.items():
         assert len(b.acceptance_conditional) == 3 and len(b.accept_length_counts) == 4
@@ -67,15 +83,27 @@ def test_evaluate_writes_valid_results_and_auditable_outputs(tmp_path, tiny_targ
     assert rows[0]["text"].strip() in loaded.target.tokenizer.decode(rows[1]["prompt_ids"])
     for row in rows:
         ids = torch.tensor([row["prompt_ids"]])
-        want = target_generate(loaded.target.model, ids, 10, eos_token_ids=[loaded.target.tokenizer.eos_token_id])
+        want = target_generate(
+            loaded.target.model, ids, 10, eos_token_ids=[loaded.target.tokenizer.eos_token_id]
+        )
         assert row["generated_ids"][: len(want.tokens)] == want.tokens[: len(row["generated_ids"])]
         assert sum(row["accept_lengths"]) + 1 >= len(row["generated_ids"])
 
 
 def test_overrides_are_recorded(tmp_path, tiny_target):
     run = _run_dir(tmp_path, tiny_target, "eagle3")
-    res = evaluate(run / "step_2", benchmarks="mbpp", limit=1, temperature=1.0, num_draft_tokens=2, thinking=True,
-                   data_dir="packaged", out_dir=tmp_path / "ev", progress=False, plots=False)
+    res = evaluate(
+        run / "step_2",
+        benchmarks="mbpp",
+        limit=1,
+        temperature=1.0,
+        num_draft_tokens=2,
+        thinking=True,
+        data_dir="packaged",
+        out_dir=tmp_path / "ev",
+        progress=False,
+        plots=False,
+    )
     p = res.results.protocol
     assert (p.temperature, p.num_draft_tokens, p.thinking, p.thinking_source) == (1.0, 2, True, "override")
     assert len(res.results.benchmarks["mbpp"].acceptance_unconditional) == 2
@@ -93,8 +121,24 @@ def test_checkpoint_resolution_errors(tmp_path):
 def test_cli_eval(tmp_path, tiny_target):
     run = _run_dir(tmp_path, tiny_target, "dflash")
     cli = CliRunner()
-    res = cli.invoke(app, ["eval", "--draft", str(run), "--benchmarks", "mbpp", "--limit", "1", "--data-dir", "packaged",
-                           "--max-new-tokens", "6", "--out", str(tmp_path / "o")])
+    res = cli.invoke(
+        app,
+        [
+            "eval",
+            "--draft",
+            str(run),
+            "--benchmarks",
+            "mbpp",
+            "--limit",
+            "1",
+            "--data-dir",
+            "packaged",
+            "--max-new-tokens",
+            "6",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "τ" in res.output and "mbpp" in res.output
     assert (tmp_path / "o" / "results.json").is_file()
@@ -112,15 +156,43 @@ def test_prompts_split_over_processes_give_the_same_results(tmp_path, tiny_targe
     import sys
 
     run = _run_dir(tmp_path, tiny_target, "eagle3")
-    args = ["eval", "--draft", str(run), "--benchmarks", "mbpp", "--limit", "3", "--data-dir", "packaged",
-            "--temperature", "1", "--max-new-tokens", "8", "--save-outputs"]
+    args = [
+        "eval",
+        "--draft",
+        str(run),
+        "--benchmarks",
+        "mbpp",
+        "--limit",
+        "3",
+        "--data-dir",
+        "packaged",
+        "--temperature",
+        "1",
+        "--max-new-tokens",
+        "8",
+        "--save-outputs",
+    ]
     single = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "one")])
     assert single.exit_code == 0, single.output
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "deepspec_cli.main", *args, "--out", str(tmp_path / "two")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "deepspec_cli.main",
+        *args,
+        "--out",
+        str(tmp_path / "two"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
     assert one["benchmarks"]["mbpp"] == two["benchmarks"]["mbpp"]
-    assert (tmp_path / "one" / "outputs" / "mbpp.jsonl").read_text() == (tmp_path / "two" / "outputs" / "mbpp.jsonl").read_text()
+    assert (tmp_path / "one" / "outputs" / "mbpp.jsonl").read_text() == (
+        tmp_path / "two" / "outputs" / "mbpp.jsonl"
+    ).read_text()

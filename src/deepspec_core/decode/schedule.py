@@ -27,7 +27,9 @@ def ece(pred: torch.Tensor, label: torch.Tensor, bins: int = 15) -> float:
         return 0.0
     idx = (pred * bins).long().clamp(0, bins - 1)  # (N,)
     # Per bin, n_b·|mean pred − mean label| = |Σ pred − Σ label|.
-    gap = torch.bincount(idx, weights=pred, minlength=bins) - torch.bincount(idx, weights=label, minlength=bins)
+    gap = torch.bincount(idx, weights=pred, minlength=bins) - torch.bincount(
+        idx, weights=label, minlength=bins
+    )
     return float(gap.abs().sum() / pred.numel())
 
 
@@ -47,8 +49,9 @@ def survival_labels(accepted: torch.Tensor, k: int) -> torch.Tensor:
     return (accepted[:, None] >= torch.arange(1, k + 1)[None, :]).double()
 
 
-def fit_sts(conf: torch.Tensor, accepted: torch.Tensor, grid: Sequence[float] = DEFAULT_GRID,
-            bins: int = 15) -> list[float]:
+def fit_sts(
+    conf: torch.Tensor, accepted: torch.Tensor, grid: Sequence[float] = DEFAULT_GRID, bins: int = 15
+) -> list[float]:
     """Sequential temperature scaling on held-out rounds.
 
     conf (N, k) raw per-slot confidences of each round's proposal; accepted (N,) drafted tokens

@@ -48,7 +48,9 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def pick_token(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def pick_token(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A token the target picks alone: (B, V) logits → (B,) argmax at T = 0, else a sample."""
     if temperature <= 0:
         return logits.argmax(-1)
@@ -100,15 +102,17 @@ def rejection_verify(
     return Verdict(n, sample(residual, generator))
 
 
-def verify(proposal: Any, target_logits: torch.Tensor, temperature: float,
-           generator: torch.Generator | None = None) -> Verdict:
+def verify(
+    proposal: Any, target_logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None
+) -> Verdict:
     """The lossless rule for a :class:`~deepspec_core.drafts.Proposal`: greedy at T = 0, else rejection sampling."""
     if temperature <= 0:
         return greedy_verify(proposal.tokens, target_logits)
     if proposal.dists is None:
         raise ValueError("sampling verification needs the draft's full distributions (Proposal.dists)")
-    return rejection_verify(proposal.tokens, proposal.dists, target_probs(target_logits, temperature),
-                            generator, proposal.probs)
+    return rejection_verify(
+        proposal.tokens, proposal.dists, target_probs(target_logits, temperature), generator, proposal.probs
+    )
 
 
 VerifyFn = Callable[[Any, torch.Tensor, float, "torch.Generator | None"], Verdict]
@@ -150,7 +154,9 @@ def crop_cache(cache: Any, tokens_to_remove: int) -> None:
 class Generation:
     tokens: list[int]  # new tokens (EOS included when hit), at most max_new_tokens
     accept_lengths: list[int] = field(default_factory=list)  # per round: tokens committed, bonus included
-    confidences: list[list[float]] = field(default_factory=list)  # per round, when the draft reports them (DSpark)
+    confidences: list[list[float]] = field(
+        default_factory=list
+    )  # per round, when the draft reports them (DSpark)
 
     @property
     def rounds(self) -> int:
@@ -209,7 +215,9 @@ def speculative_generate(
         raise ValueError("speculative_generate decodes one sequence at a time (batch size 1)")
     k = num_draft_tokens
     if draft.max_proposal() is not None and k > draft.max_proposal():
-        raise ValueError(f"num_draft_tokens {k} exceeds what the draft proposes per round ({draft.max_proposal()})")
+        raise ValueError(
+            f"num_draft_tokens {k} exceeds what the draft proposes per round ({draft.max_proposal()})"
+        )
     eos = set(eos_token_ids)
     layer_ids = list(draft.layer_ids)
     cache = new_cache(model)
@@ -230,8 +238,9 @@ def speculative_generate(
         gen.accept_lengths.append(n + 1)
         if prop.confidences is not None:
             gen.confidences.append(prop.confidences[0].float().tolist())
-        gen.tokens, done = _finish(gen.tokens + prop.tokens[0, :n].tolist() + [int(verdict.next_token[0])],
-                                   max_new_tokens, eos)
+        gen.tokens, done = _finish(
+            gen.tokens + prop.tokens[0, :n].tolist() + [int(verdict.next_token[0])], max_new_tokens, eos
+        )
         if done:
             return gen
         draft.commit(block[:, : n + 1], feats.aux_hidden[:, : n + 1])

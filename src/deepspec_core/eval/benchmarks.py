@@ -41,7 +41,9 @@ from deepspec_core.errors import DataError
 from deepspec_core.registry import Registry
 
 MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
-HUMANEVAL_PREFIX = "Write a solution to the following problem and make sure that it passes the tests:\n```python\n"
+HUMANEVAL_PREFIX = (
+    "Write a solution to the following problem and make sure that it passes the tests:\n```python\n"
+)
 LCB_PREFIX = (
     "You are an expert Python programmer. You will be given a question (problem specification) and will "
     "generate a correct Python program that matches the specification and passes all tests. You will NOT "
@@ -128,23 +130,40 @@ for _b in (
     Benchmark("aime24", "math", 30, HubSource("HuggingFaceH4/aime_2024", "train"), _math("problem")),
     Benchmark("aime25", "math", 30, HubSource("MathArena/aime_2025", "train"), _math("problem")),
     Benchmark("humaneval", "code", 164, HubSource("openai/openai_humaneval", "test"), _humaneval),
-    Benchmark("mbpp", "code", 256, HubSource("google-research-datasets/mbpp", "test", "sanitized"), _field("prompt")),
     Benchmark(
-        "livecodebench", "code", 500,
-        HubSource("livecodebench/code_generation_lite", "test", "release_v6"), _livecodebench,
+        "mbpp", "code", 256, HubSource("google-research-datasets/mbpp", "test", "sanitized"), _field("prompt")
+    ),
+    Benchmark(
+        "livecodebench",
+        "code",
+        500,
+        HubSource("livecodebench/code_generation_lite", "test", "release_v6"),
+        _livecodebench,
     ),
     Benchmark("lbpp", "code", 162, HubSource("CohereLabs/lbpp", "test"), _field("instruction")),
     Benchmark("mt-bench", "chat", 80, HubSource("HuggingFaceH4/mt_bench_prompts", "train"), _mt_bench),
     Benchmark("alpaca", "chat", 500, HubSource("tatsu-lab/alpaca", "train"), _alpaca),
     Benchmark(
-        "arena-hard-v2", "chat", 500,
+        "arena-hard-v2",
+        "chat",
+        500,
         HubSource("lmarena-ai/arena-hard-auto", "train", data_files="data/arena-hard-v2.0/question.jsonl"),
         _field("prompt"),
     ),
 ):
     BENCHMARKS.add(_b.name, _b)
 
-REFERENCE_NINE = ["gsm8k", "math500", "aime25", "humaneval", "mbpp", "livecodebench", "mt-bench", "alpaca", "arena-hard-v2"]
+REFERENCE_NINE = [
+    "gsm8k",
+    "math500",
+    "aime25",
+    "humaneval",
+    "mbpp",
+    "livecodebench",
+    "mt-bench",
+    "alpaca",
+    "arena-hard-v2",
+]
 
 
 def get_benchmark(name: str) -> Benchmark:
@@ -168,13 +187,18 @@ def read_turns_file(path: Path) -> list[list[str]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno} is not valid JSON: {err.msg}", "each line must be {\"turns\": [...]}") from err
+                raise DataError(
+                    f"{path}:{lineno} is not valid JSON: {err.msg}", 'each line must be {"turns": [...]}'
+                ) from err
             turns = row.get("turns") if isinstance(row, dict) else None
             if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
-                raise DataError(f"{path}:{lineno} has no list of strings under 'turns'", "each line must be {\"turns\": [\"...\"]}")
+                raise DataError(
+                    f"{path}:{lineno} has no list of strings under 'turns'",
+                    'each line must be {"turns": ["..."]}',
+                )
             out.append(turns)
     if not out:
-        raise DataError(f"{path} holds no prompts", "each line must be {\"turns\": [\"...\"]}")
+        raise DataError(f"{path} holds no prompts", 'each line must be {"turns": ["..."]}')
     return out
 
 
@@ -191,7 +215,7 @@ def fetch_turns(bench: Benchmark) -> list[list[str]]:
     except Exception as err:  # datasets raises many types for offline / missing / gated sources
         raise DataError(
             f"cannot fetch benchmark {bench.name} from the hub ({src.describe()}): {type(err).__name__}: {err}",
-            f"pass --data-dir with a {bench.name}.jsonl of {{\"turns\": [...]}} lines (`--data-dir packaged` has "
+            f'pass --data-dir with a {bench.name}.jsonl of {{"turns": [...]}} lines (`--data-dir packaged` has '
             "gsm8k, humaneval, mbpp, lbpp, mt-bench), or check network access",
         ) from err
     return [bench.format_row(row) for row in ds]
@@ -215,14 +239,18 @@ def packaged_prompts_dir() -> Path:
     return Path(str(files("deepspec_core") / "assets" / "eval_prompts"))
 
 
-def load_benchmark(name: str, data_dir: Path | str | None = None, limit: int | None = None, seed: int = 0) -> BenchmarkPrompts:
+def load_benchmark(
+    name: str, data_dir: Path | str | None = None, limit: int | None = None, seed: int = 0
+) -> BenchmarkPrompts:
     """The prompts of benchmark ``name``: from ``data_dir/<name>.jsonl`` if present, else the hub."""
     bench = get_benchmark(name)
     if str(data_dir) == "packaged":
         data_dir = packaged_prompts_dir()
     path = Path(data_dir).expanduser() / f"{name}.jsonl" if data_dir else None
     if data_dir and not Path(data_dir).expanduser().is_dir():
-        raise DataError(f"--data-dir {data_dir} is not a directory", "give the directory holding <benchmark>.jsonl files")
+        raise DataError(
+            f"--data-dir {data_dir} is not a directory", "give the directory holding <benchmark>.jsonl files"
+        )
     if path is not None and path.is_file():
         all_turns, source = read_turns_file(path), str(path)
     else:

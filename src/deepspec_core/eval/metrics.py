@@ -39,7 +39,9 @@ class Protocol(_Model):
     temperature: float = Field(ge=0)
     max_new_tokens: int = Field(ge=1)
     thinking: bool
-    thinking_source: str = Field(description="'draft' when taken from the draft's training spec, else 'override'")
+    thinking_source: str = Field(
+        description="'draft' when taken from the draft's training spec, else 'override'"
+    )
     chat_template_hash: str
     block_size: int | None = None
     ttt_length: int | None = None
@@ -65,8 +67,12 @@ class Speed(_Model):
 class Acceptance(_Model):
     tau: float = Field(ge=1.0, description="mean committed tokens per verification round, bonus included")
     rounds: int = Field(ge=0)
-    acceptance_unconditional: list[float] = Field(description="P(at least j drafted tokens accepted), j = 1..k")
-    acceptance_conditional: list[float] = Field(description="P(token j accepted | tokens 1..j-1 accepted), j = 1..k")
+    acceptance_unconditional: list[float] = Field(
+        description="P(at least j drafted tokens accepted), j = 1..k"
+    )
+    acceptance_conditional: list[float] = Field(
+        description="P(token j accepted | tokens 1..j-1 accepted), j = 1..k"
+    )
     accept_length_frac: list[float] = Field(description="fraction of rounds committing L tokens, L = 1..k+1")
 
     @model_validator(mode="after")
@@ -111,21 +117,38 @@ def acceptance_from_counts(counts: Sequence[int]) -> dict[str, object]:
     k = len(counts) - 1
     rounds = int(sum(counts))
     if rounds == 0:
-        return {"tau": 1.0, "rounds": 0, "acceptance_unconditional": [0.0] * k,
-                "acceptance_conditional": [0.0] * k, "accept_length_frac": [0.0] * (k + 1)}
+        return {
+            "tau": 1.0,
+            "rounds": 0,
+            "acceptance_unconditional": [0.0] * k,
+            "acceptance_conditional": [0.0] * k,
+            "accept_length_frac": [0.0] * (k + 1),
+        }
     tau = sum((i + 1) * c for i, c in enumerate(counts)) / rounds
     # survival[j] = rounds whose accepted drafted tokens (L − 1) are ≥ j
     survival = [sum(counts[j:]) for j in range(k + 1)]
     uncond = [survival[j] / rounds for j in range(1, k + 1)]
     cond = [survival[j] / survival[j - 1] if survival[j - 1] else 0.0 for j in range(1, k + 1)]
-    return {"tau": tau, "rounds": rounds, "acceptance_unconditional": uncond,
-            "acceptance_conditional": cond, "accept_length_frac": [c / rounds for c in counts]}
+    return {
+        "tau": tau,
+        "rounds": rounds,
+        "acceptance_unconditional": uncond,
+        "acceptance_conditional": cond,
+        "accept_length_frac": [c / rounds for c in counts],
+    }
 
 
-def benchmark_result(lengths: Sequence[int], k: int, samples: int, generated_tokens: int, speed: Speed | None = None) -> BenchmarkResult:
+def benchmark_result(
+    lengths: Sequence[int], k: int, samples: int, generated_tokens: int, speed: Speed | None = None
+) -> BenchmarkResult:
     counts = length_counts(lengths, k)
-    return BenchmarkResult(**acceptance_from_counts(counts), samples=samples, generated_tokens=generated_tokens,
-                           accept_length_counts=counts, speed=speed)
+    return BenchmarkResult(
+        **acceptance_from_counts(counts),
+        samples=samples,
+        generated_tokens=generated_tokens,
+        accept_length_counts=counts,
+        speed=speed,
+    )
 
 
 def macro_average(results: dict[str, BenchmarkResult]) -> MacroResult:
@@ -153,5 +176,11 @@ def macro_average(results: dict[str, BenchmarkResult]) -> MacroResult:
 def make_speed(tokens: int, target_seconds: float, spec_seconds: float) -> Speed:
     t_rate = tokens / max(target_seconds, 1e-9)
     s_rate = tokens / max(spec_seconds, 1e-9)
-    return Speed(target_tokens_per_s=t_rate, spec_tokens_per_s=s_rate, speedup=s_rate / t_rate,
-                 tokens=tokens, target_seconds=target_seconds, spec_seconds=spec_seconds)
+    return Speed(
+        target_tokens_per_s=t_rate,
+        spec_tokens_per_s=s_rate,
+        speedup=s_rate / t_rate,
+        tokens=tokens,
+        target_seconds=target_seconds,
+        spec_seconds=spec_seconds,
+    )

@@ -58,13 +58,18 @@ def resolve_checkpoint(path: Path | str) -> tuple[Path, Path | None]:
 
     p = Path(path).expanduser()
     if not p.exists():
-        raise CheckpointError(f"draft checkpoint {p} does not exist", "pass a run directory or one of its step_<N> directories")
+        raise CheckpointError(
+            f"draft checkpoint {p} does not exist", "pass a run directory or one of its step_<N> directories"
+        )
     if (p / "model.safetensors").is_file():
         run = p.parent if (p.parent / "spec.toml").is_file() else None
         return p, run
     latest = RunDir(p).latest()
     if latest is None or not (latest / "model.safetensors").is_file():
-        raise CheckpointError(f"{p} holds no checkpoint (no step_<N>/model.safetensors)", "train first, or pass a step directory")
+        raise CheckpointError(
+            f"{p} holds no checkpoint (no step_<N>/model.safetensors)",
+            "train first, or pass a step directory",
+        )
     return latest, p
 
 
@@ -87,7 +92,9 @@ def load_draft(path: Path | str, target: str | None = None, device: str = "auto"
         run_spec = load_spec(run / "spec.toml")
         spec = run_spec.model_copy(update={"target": spec.target, "draft": spec.draft})
     if target:
-        spec = spec.model_copy(update={"target": spec.target.model_copy(update={"model": target, "revision": None})})
+        spec = spec.model_copy(
+            update={"target": spec.target.model_copy(update={"model": target, "revision": None})}
+        )
     tgt = load_target_from_spec(spec.target, device=device)
     draft = build_draft(spec, tgt.config, tgt.model.get_input_embeddings(), tgt.model.get_output_embeddings())
     draft.load_trainable_state_dict(load_weights(step))
@@ -171,7 +178,9 @@ class BenchmarkRun:
     outputs: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _encode(tokenizer: Any, messages: list[dict[str, str]], thinking: bool, device: torch.device) -> torch.Tensor:
+def _encode(
+    tokenizer: Any, messages: list[dict[str, str]], thinking: bool, device: torch.device
+) -> torch.Tensor:
     from deepspec_core.data.tokenize import render_prompt
 
     text = render_prompt(tokenizer, messages, thinking)
@@ -179,8 +188,13 @@ def _encode(tokenizer: Any, messages: list[dict[str, str]], thinking: bool, devi
     return torch.tensor([ids], dtype=torch.long, device=device)
 
 
-def run_benchmark(loaded: LoadedDraft, prompts: bm.BenchmarkPrompts, s: EvalSettings, advance: Any = None,
-                  indices: list[int] | None = None) -> BenchmarkRun:
+def run_benchmark(
+    loaded: LoadedDraft,
+    prompts: bm.BenchmarkPrompts,
+    s: EvalSettings,
+    advance: Any = None,
+    indices: list[int] | None = None,
+) -> BenchmarkRun:
     """Decode the prompts (all their turns) of one benchmark at ``indices`` (default: all);
     ``advance()`` is called per sample."""
     model, tok, draft = loaded.target.model, loaded.target.tokenizer, loaded.draft
@@ -194,7 +208,9 @@ def run_benchmark(loaded: LoadedDraft, prompts: bm.BenchmarkPrompts, s: EvalSett
 
     if s.speed and (indices is None or indices):  # warm-up: allocator, kernels, lazy init of both paths
         ids = _encode(tok, [{"role": "user", "content": prompts.turns[0][0]}], s.thinking, device)
-        speculative_generate(model, draft, ids, s.num_draft_tokens, min(16, s.max_new_tokens), s.temperature, gen(0), eos)
+        speculative_generate(
+            model, draft, ids, s.num_draft_tokens, min(16, s.max_new_tokens), s.temperature, gen(0), eos
+        )
         target_generate(model, ids, min(16, s.max_new_tokens), s.temperature, gen(0))
     for i in range(len(prompts)) if indices is None else indices:
         turns = prompts.turns[i]
@@ -204,21 +220,40 @@ def run_benchmark(loaded: LoadedDraft, prompts: bm.BenchmarkPrompts, s: EvalSett
             messages.append({"role": "user", "content": turn})
             ids = _encode(tok, messages, s.thinking, device)
             res: Generation
-            res, secs = clock.time(speculative_generate, model, draft, ids, s.num_draft_tokens, s.max_new_tokens,
-                                   s.temperature, g, eos)
+            res, secs = clock.time(
+                speculative_generate,
+                model,
+                draft,
+                ids,
+                s.num_draft_tokens,
+                s.max_new_tokens,
+                s.temperature,
+                g,
+                eos,
+            )
             out.lengths += res.accept_lengths
             out.generated += len(res.tokens)
             if s.speed:
                 # Same prompt, same number of tokens, EOS ignored: only the method differs.
-                _, base = clock.time(target_generate, model, ids, len(res.tokens), s.temperature, gen(s.seed + i))
+                _, base = clock.time(
+                    target_generate, model, ids, len(res.tokens), s.temperature, gen(s.seed + i)
+                )
                 out.spec_seconds += secs
                 out.target_seconds += base
                 out.timed_tokens += len(res.tokens)
             text = tok.decode(res.tokens, skip_special_tokens=True)
             messages.append({"role": "assistant", "content": text})
             if s.save_outputs:
-                out.outputs.append({"sample": i, "turn": t, "prompt_ids": ids[0].tolist(), "generated_ids": res.tokens,
-                                    "text": text, "accept_lengths": res.accept_lengths})
+                out.outputs.append(
+                    {
+                        "sample": i,
+                        "turn": t,
+                        "prompt_ids": ids[0].tolist(),
+                        "generated_ids": res.tokens,
+                        "text": text,
+                        "accept_lengths": res.accept_lengths,
+                    }
+                )
         if advance is not None:
             advance()
     return out
@@ -235,18 +270,32 @@ class EvalResult:
     main: bool = True  # False on the other processes of a multi-process run (they write nothing)
 
 
-def _protocol(loaded: LoadedDraft, s: EvalSettings, infos: list[mt.BenchmarkInfo], thinking_source: str) -> mt.Protocol:
+def _protocol(
+    loaded: LoadedDraft, s: EvalSettings, infos: list[mt.BenchmarkInfo], thinking_source: str
+) -> mt.Protocol:
     from deepspec_core.targets.hf import chat_template_hash
 
     t, d = loaded.target, loaded.spec.draft
     return mt.Protocol(
         target=t.path if Path(t.path).is_dir() else t.name,
-        target_revision=t.revision, draft=str(loaded.step_dir.resolve()), algorithm=d.algo,
-        temperature=s.temperature, max_new_tokens=s.max_new_tokens, thinking=s.thinking,
-        thinking_source=thinking_source, chat_template_hash=chat_template_hash(t.tokenizer),
-        block_size=getattr(d, "block_size", None), ttt_length=getattr(d, "ttt_length", None),
-        num_draft_tokens=s.num_draft_tokens, chain_drafting=True, bonus_token_in_tau=True, seed=s.seed,
-        benchmarks=infos, deepspec_version=__version__, device=_device_name(t.device), dtype=str(t.dtype).removeprefix("torch."),
+        target_revision=t.revision,
+        draft=str(loaded.step_dir.resolve()),
+        algorithm=d.algo,
+        temperature=s.temperature,
+        max_new_tokens=s.max_new_tokens,
+        thinking=s.thinking,
+        thinking_source=thinking_source,
+        chat_template_hash=chat_template_hash(t.tokenizer),
+        block_size=getattr(d, "block_size", None),
+        ttt_length=getattr(d, "ttt_length", None),
+        num_draft_tokens=s.num_draft_tokens,
+        chain_drafting=True,
+        bonus_token_in_tau=True,
+        seed=s.seed,
+        benchmarks=infos,
+        deepspec_version=__version__,
+        device=_device_name(t.device),
+        dtype=str(t.dtype).removeprefix("torch."),
     )
 
 
@@ -288,12 +337,15 @@ def evaluate(
         max_new_tokens=max_new_tokens or ev.max_new_tokens,
         num_draft_tokens=num_draft_tokens or loaded.spec.num_draft_tokens(),
         thinking=loaded.spec.target.thinking if thinking is None else thinking,
-        seed=ev.seed if seed is None else seed, speed=speed, save_outputs=save_outputs,
+        seed=ev.seed if seed is None else seed,
+        speed=speed,
+        save_outputs=save_outputs,
     )
     cap = loaded.draft.max_proposal()
     if cap is not None and s.num_draft_tokens > cap:
-        raise CheckpointError(f"--num-draft-tokens {s.num_draft_tokens} exceeds the draft's block ({cap})",
-                              f"use at most {cap}")
+        raise CheckpointError(
+            f"--num-draft-tokens {s.num_draft_tokens} exceeds the draft's block ({cap})", f"use at most {cap}"
+        )
     thinking_source = "draft" if thinking is None or thinking == loaded.spec.target.thinking else "override"
     out = Path(out_dir).expanduser() if out_dir else default_out_dir(loaded)
     prompts = [bm.load_benchmark(n, data_dir or ev.data_dir, limit or ev.limit, s.seed) for n in names]
@@ -306,15 +358,25 @@ def evaluate(
             run = run_benchmark(loaded, p, s, advance=lambda task=task: bar.advance(task), indices=mine)
             if env.distributed:
                 run = _gather(run)
-            speed_ = mt.make_speed(run.timed_tokens, run.target_seconds, run.spec_seconds) if speed and run.timed_tokens else None
+            speed_ = (
+                mt.make_speed(run.timed_tokens, run.target_seconds, run.spec_seconds)
+                if speed and run.timed_tokens
+                else None
+            )
             per[p.name] = mt.benchmark_result(run.lengths, s.num_draft_tokens, len(p), run.generated, speed_)
             if save_outputs and env.is_main:
                 path = out / "outputs" / f"{p.name}.jsonl"
                 atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in run.outputs))
                 files.append(path)
-    infos = [mt.BenchmarkInfo(name=p.name, domain=p.domain, samples=len(p), content_hash=p.content_hash, source=p.source)
-             for p in prompts]
-    results = mt.EvalResults(protocol=_protocol(loaded, s, infos, thinking_source), benchmarks=per, macro=mt.macro_average(per))
+    infos = [
+        mt.BenchmarkInfo(
+            name=p.name, domain=p.domain, samples=len(p), content_hash=p.content_hash, source=p.source
+        )
+        for p in prompts
+    ]
+    results = mt.EvalResults(
+        protocol=_protocol(loaded, s, infos, thinking_source), benchmarks=per, macro=mt.macro_average(per)
+    )
     if env.is_main:
         files += write_results(results, out, plots)
     return EvalResult(results, out, files, env.is_main)
@@ -362,6 +424,12 @@ class _Rate(ProgressColumn):
 def _progress(enabled: bool) -> Progress:
     console = Console(stderr=True)
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not (enabled and console.is_terminal),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not (enabled and console.is_terminal),
     )
