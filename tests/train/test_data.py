@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from deepspec_core.errors import SpecError
 from deepspec_core.train.data import DataPlan, StepBatchSampler, epoch_permutation, holdout_sizes, val_batches
@@ -60,3 +61,18 @@ def test_holdout_needs_training_samples():
     assert holdout_sizes(10, 3) == (7, 3)
     with pytest.raises(SpecError, match="val_samples"):
         holdout_sizes(3, 3)
+
+
+def test_online_batches_equal_the_cache_path_features(make_spec):
+    """Online training keeps the padded batch on the device; its features are those the cache writer gets."""
+    from deepspec_core.cache.online import online_dataset
+    from deepspec_core.drafts.base import collate_samples
+    from deepspec_core.targets.hf import load_target_from_spec
+    from deepspec_core.train.data import online_batch
+
+    spec = make_spec("dflash")
+    ds = online_dataset(spec, load_target_from_spec(spec.target, device="cpu"))
+    idx = [3, 0, 7]
+    a, b = online_batch(ds, idx), collate_samples(ds.get_batch(idx))
+    for name in ("input_ids", "attention_mask", "loss_mask", "aux_hidden", "final_hidden"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name

@@ -85,12 +85,11 @@ def test_sigterm_asks_for_a_checkpoint_instead_of_dying():
     import os
     import signal
 
-    from deepspec_core.train.launch import DistEnv
-    from deepspec_core.train.loop import _StopRequest
+    from deepspec_core.train.launch import DistEnv, StopRequest
 
     before = signal.getsignal(signal.SIGTERM)
     notes: list[str] = []
-    with _StopRequest(notes.append) as req:
+    with StopRequest(notes.append) as req:
         assert not req.agreed(DistEnv(), torch.device("cpu"))
         os.kill(os.getpid(), signal.SIGTERM)
         assert req.agreed(DistEnv(), torch.device("cpu")) and "SIGTERM" in notes[0]

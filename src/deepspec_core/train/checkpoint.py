@@ -95,6 +95,31 @@ def spec_differences(old: RunSpec, new: RunSpec) -> list[str]:
     return diffs
 
 
+# -- checkpoint config -----------------------------------------------------------------------
+
+
+def draft_config(spec: RunSpec, draft: Any, target_path: str) -> dict[str, Any]:
+    """``config.json`` of a checkpoint: what eval/export need to rebuild the draft without the spec."""
+    from deepspec_core import __version__
+
+    d = draft
+    return {
+        "deepspec_version": __version__,
+        "algo": spec.draft.algo,
+        "draft": spec.draft.model_dump(mode="json"),
+        "target": {
+            "model": spec.target.model,
+            "path": target_path,
+            "revision": spec.target.revision,
+            "layer_ids": list(spec.target.layer_ids),
+            "mask_token_id": spec.target.mask_token_id,
+            "hidden_size": d.hidden_size,
+            "vocab_size": d.vocab_size,
+        },
+        "trainable_parameters": d.num_trainable_parameters(),
+    }
+
+
 # -- run directory -----------------------------------------------------------------------------
 
 

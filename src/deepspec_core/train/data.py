@@ -125,8 +125,8 @@ class TrainParts:
     def _batch(self, indices: list[int]) -> Any:
         from deepspec_core.drafts.base import collate_samples
 
-        if self.online:  # one batched target forward
-            return collate_samples(self.dataset.get_batch(indices))
+        if self.online:
+            return online_batch(self.dataset, indices)
         return collate_samples([self.dataset[i] for i in indices])
 
     def train_batches(
@@ -162,6 +162,38 @@ class TrainParts:
 
         ids, mask, _, _ = unpack_record(self.dataset.read_record(i), int(self.dataset.index[i]["seq_len"]))
         return ids, mask
+
+
+@torch.no_grad()
+def online_batch(online: Any, indices: list[int]) -> Any:
+    """One batched target forward → a DraftBatch that stays on the target's device.
+
+    The same capture function and feature dtype as the cache writer (``cache.online``), but the
+    padded batch is kept whole instead of being split into samples and re-padded on the CPU.
+    """
+    from deepspec_core.cache.codecs import FEATURE_DTYPE
+    from deepspec_core.drafts.base import DraftBatch
+    from deepspec_core.targets.hf import capture_features
+
+    samples = [online.samples[i] for i in indices]
+    lengths = [int(s["input_ids"].shape[0]) for s in samples]
+    b, t = len(samples), max(lengths)
+    ids = torch.full((b, t), online.pad_id, dtype=torch.long)
+    attn = torch.zeros((b, t), dtype=torch.long)
+    loss = torch.zeros((b, t), dtype=torch.bool)
+    for i, (s, n) in enumerate(zip(samples, lengths, strict=True)):
+        ids[i, :n], attn[i, :n], loss[i, :n] = s["input_ids"], 1, torch.as_tensor(s["loss_mask"]).bool()
+    device = next(online.model.parameters()).device
+    ids, attn = ids.to(device), attn.to(device)
+    feats = capture_features(online.model, ids, attention_mask=attn, layer_ids=online.layer_ids)
+    keep = attn.to(FEATURE_DTYPE)  # padding carries zeros, as in a collated cache batch
+    return DraftBatch(
+        input_ids=ids,
+        attention_mask=attn,
+        loss_mask=loss.to(device),
+        aux_hidden=feats.aux_hidden.to(FEATURE_DTYPE) * keep[:, :, None, None],  # (B, T, K, H)
+        final_hidden=feats.final_hidden.to(FEATURE_DTYPE) * keep[:, :, None],  # (B, T, H)
+    )
 
 
 def holdout_sizes(num_samples: int, val_samples: int) -> tuple[int, int]:

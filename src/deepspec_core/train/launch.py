@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 
@@ -138,3 +142,39 @@ def launch_command(
         *cli_args,
     ]  # fmt: skip
     return cmd
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR1 (preemption) or a first Ctrl-C: finish the step, checkpoint, stop. A second Ctrl-C aborts."""
+
+    def __init__(self, say: Callable[[str], None]):
+        self.say, self.requested, self._old = say, False, {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.say(
+            f"{signal.Signals(signum).name}: stopping after this step with a checkpoint (Ctrl-C again aborts)"
+        )
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def agreed(self, env: DistEnv, device: torch.device) -> bool:
+        """Whether any process was asked to stop (every process must stop at the same step)."""
+        if not env.distributed:
+            return self.requested
+        import torch.distributed as dist
+
+        flag = torch.tensor([float(self.requested)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())

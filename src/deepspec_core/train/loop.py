@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from deepspec_core.train.data import (
 )
 from deepspec_core.train.launch import (
     DistEnv,
+    StopRequest,
     detect_env,
     init_distributed,
     pick_device,
@@ -131,28 +130,6 @@ def _no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
         model.set_requires_gradient_sync(False)
         return contextlib.nullcontext()
     return contextlib.nullcontext()
-
-
-def draft_config(spec: RunSpec, parts: TrainParts) -> dict[str, Any]:
-    """``config.json`` of a checkpoint: what eval/export need to rebuild the draft without the spec."""
-    from deepspec_core import __version__
-
-    d = parts.draft
-    return {
-        "deepspec_version": __version__,
-        "algo": spec.draft.algo,
-        "draft": spec.draft.model_dump(mode="json"),
-        "target": {
-            "model": spec.target.model,
-            "path": parts.target_path,
-            "revision": spec.target.revision,
-            "layer_ids": list(spec.target.layer_ids),
-            "mask_token_id": spec.target.mask_token_id,
-            "hidden_size": d.hidden_size,
-            "vocab_size": d.vocab_size,
-        },
-        "trainable_parameters": d.num_trainable_parameters(),
-    }
 
 
 def validate(
@@ -265,7 +242,7 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
     model.train()
     with (
         TrainProgress(sched.total_steps, state.step, rt.progress and env.is_main) as progress,
-        _StopRequest(say) as stop_req,
+        StopRequest(say) as stop_req,
     ):
         for step in range(state.step, stop):
             lr = lr_at(step, sched, spec.train)
@@ -359,42 +336,6 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
     )
 
 
-class _StopRequest:
-    """SIGTERM / SIGUSR1 (preemption) or a first Ctrl-C: finish the step, checkpoint, stop. A second Ctrl-C aborts."""
-
-    def __init__(self, say: Callable[[str], None]):
-        self.say, self.requested, self._old = say, False, {}
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.say(
-            f"{signal.Signals(signum).name}: stopping after this step with a checkpoint (Ctrl-C again aborts)"
-        )
-
-    def __enter__(self) -> _StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-                if sig is not None:
-                    self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-    def agreed(self, env: DistEnv, device: torch.device) -> bool:
-        """Whether any process was asked to stop (every process must stop at the same step)."""
-        if not env.distributed:
-            return self.requested
-        import torch.distributed as dist
-
-        flag = torch.tensor([float(self.requested)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-
 def _val_line(step: int, m: dict[str, Any]) -> str:
     acc = " ".join(f"{x:.2f}" for x in m.get("accept_per_pos", []))
     return (
@@ -460,7 +401,14 @@ def _save(
     path = None
     if env.is_main:
         path = ckpt.save_checkpoint(
-            run, state, weights, draft_config(spec, parts), spec, optim_state, rngs, spec.train.keep_last
+            run,
+            state,
+            weights,
+            ckpt.draft_config(spec, parts.draft, parts.target_path),
+            spec,
+            optim_state,
+            rngs,
+            spec.train.keep_last,
         )
     _barrier(env)
     return path or run.step_dir(state.step)
