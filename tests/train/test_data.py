@@ -76,3 +76,15 @@ def test_online_batches_equal_the_cache_path_features(make_spec):
     a, b = online_batch(ds, idx), collate_samples(ds.get_batch(idx))
     for name in ("input_ids", "attention_mask", "loss_mask", "aux_hidden", "final_hidden"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_reduced_eagle3_vocabulary_comes_from_the_training_tokens(make_spec):
+    from deepspec_core.train.data import build_parts, init_vocab_mapping
+
+    spec = make_spec("eagle3", "draft.draft_vocab_size=300")
+    parts = build_parts(spec, torch.device("cpu"), say=lambda m: None)
+    init_vocab_mapping(parts, spec)
+    counts = parts.loss_token_counts()
+    kept = parts.draft.t2d
+    assert int(kept.sum()) == 300
+    assert bool(kept[counts.argmax()]) and counts[kept].min() >= counts[~kept].max()
