@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from deepspec_core.errors import SpecError
+from deepspec_core.errors import SpecError, TargetError
 from deepspec_core.spec import RunSpec
 
 
@@ -239,8 +240,12 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
             hidden_size=int(text_config(config).hidden_size),
             tokenizer_hash=tokenizer_hash(tok),
         )
-        embed, head = load_frozen_weights(target_path, dtype=resolve_dtype(spec.target.dtype, device))
+        embed, head = load_frozen_weights(
+            _local_dir(target_path, spec.target.revision), dtype=resolve_dtype(spec.target.dtype, device)
+        )
     num_train, num_val = holdout_sizes(len(dataset), spec.train.val_samples)
+    source = "online from the target" if spec.cache.online else f"cache {spec.cache_dir()}"
+    say(f"features: {source}; {num_train} training + {num_val} held-out samples")
     draft = build_draft(spec, config, embed, head)
     # fp32 master weights for what trains; the frozen target tensors keep the target's dtype.
     for p in draft.parameters():
@@ -248,6 +253,21 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
             p.data = p.data.float()
     draft.to(device)
     return TrainParts(draft, dataset, num_train, num_val, spec.cache.online, target_path)
+
+
+def _local_dir(model: str, revision: str | None) -> str:
+    """A hub id → its local snapshot (weights files only; usually already cached by the cache step)."""
+    if Path(model).expanduser().is_dir():
+        return str(Path(model).expanduser())
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model, revision=revision, allow_patterns=["*.safetensors", "*.json"])
+    except Exception as err:  # offline, gated, typo: one clear line
+        raise TargetError(
+            f"cannot fetch the weights of target {model!r} for its frozen embedding / lm_head: {type(err).__name__}",
+            "check network access, or download the model and point target.model at the directory",
+        ) from err
 
 
 def init_vocab_mapping(parts: TrainParts, spec: RunSpec) -> None:
