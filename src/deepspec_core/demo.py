@@ -1,0 +1,170 @@
+"""`deepspec demo`: the whole pipeline on the embedded tiny target, in one process.
+
+Stages: tiny target → prompts → fetch → regen → feature cache → train Eagle3 / DFlash / DSpark →
+eval (with speed) → compare. Every stage leaves an artefact that marks it done, so a rerun (or a
+run after an interruption) reuses what is finished; the stages that do long work resume
+themselves (regen by conversation id, the cache by shard, training from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deepspec_core.errors import SpecError
+from deepspec_core.spec import ALGOS, RunSpec, load_spec
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work each stage does; `small` fits ~10 minutes on 2 CPU cores."""
+
+    target_size: str  # which build of the tiny target: "quick" (seconds) or "default" (minutes, once)
+    prompts: int  # conversations regenerated (train + held-out)
+    regen_max_tokens: int
+    train_steps: int
+    global_batch: int
+    eval_limit: int  # prompts per benchmark
+    eval_max_new_tokens: int
+    benchmarks: tuple[str, ...] = ("humaneval", "mbpp")
+
+
+BUDGETS = {
+    # smoke: every stage once, in about two minutes, on the quick tiny target (what CI runs).
+    "smoke": Budget(target_size="quick", prompts=48, regen_max_tokens=32, train_steps=6, global_batch=8, eval_limit=2,
+                    eval_max_new_tokens=16),
+    "small": Budget(target_size="default", prompts=320, regen_max_tokens=96, train_steps=120, global_batch=16, eval_limit=8,
+                    eval_max_new_tokens=64),
+    "medium": Budget(target_size="default", prompts=1200, regen_max_tokens=160, train_steps=600, global_batch=32, eval_limit=24,
+                     eval_max_new_tokens=128, benchmarks=("humaneval", "mbpp", "lbpp")),
+}
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    runs: dict[str, Path] = field(default_factory=dict)
+    results: dict[str, Path] = field(default_factory=dict)
+    compare_dir: Path | None = None
+    comparison: object = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def demo_prompts(n: int) -> list[dict]:
+    """Docstring → function requests from held-out stdlib files (the tiny target never trained on them)."""
+    from deepspec_core.targets import tiny_data
+
+    root = tiny_data.stdlib_root()
+    files = tiny_data.stdlib_files(root)
+    rows: list[dict] = []
+    for src in tiny_data.read_sources(files, root):
+        if not tiny_data.is_heldout(src.relpath):
+            continue
+        for conv in tiny_data.chat_pairs(src):
+            # Only the request is kept: the target regenerates every answer itself.
+            messages = [m for m in conv["messages"] if m["role"] != "assistant"]
+            rows.append({"id": conv["id"], "messages": messages, "meta": {"source": "stdlib"}})
+            if len(rows) >= n:
+                return rows
+    return rows
+
+
+def demo_spec(algo: str, out: Path, target_dir: Path, b: Budget) -> RunSpec:
+    data = out / "data"
+    return load_spec(
+        f"tiny-{algo}",
+        [
+            f"target.model={json.dumps(str(target_dir))}",
+            f"data.train=[{json.dumps(str(data / 'train.regen.jsonl'))}]",
+            f"data.eval=[{json.dumps(str(data / 'train.heldout.regen.jsonl'))}]",
+            f"cache.path={json.dumps(str(out / 'features'))}",
+            f"output.root={json.dumps(str(out / 'runs'))}",
+            "project='demo'",
+            f"train.max_steps={b.train_steps}",
+            f"train.global_batch_size={b.global_batch}",
+            f"train.val_every={max(1, b.train_steps // 2)}",
+            f"train.save_every={b.train_steps}",
+            "train.tensorboard=false",
+            f"eval.benchmarks={json.dumps(list(b.benchmarks))}",
+            f"eval.limit={b.eval_limit}",
+            f"eval.max_new_tokens={b.eval_max_new_tokens}",
+        ],
+    )
+
+
+def run_demo(
+    out_dir: str | Path,
+    budget: str = "small",
+    progress: bool = True,
+    stage: Callable[[str], None] = print,
+    say: Callable[[str], None] = print,
+) -> DemoResult:
+    from deepspec_core.cache.writer import build_cache
+    from deepspec_core.compare import compare
+    from deepspec_core.data.fetch import fetch
+    from deepspec_core.data.regen import resolve_settings, run_regen
+    from deepspec_core.eval.benchmarks import packaged_prompts_dir
+    from deepspec_core.eval.runner import evaluate
+    from deepspec_core.targets.tiny import ensure_tiny_target
+    from deepspec_core.train.loop import Runtime, train
+
+    if budget not in BUDGETS:
+        raise SpecError(f"unknown --budget {budget!r}", f"choose one of: {', '.join(BUDGETS)}")
+    b = BUDGETS[budget]
+    out = Path(out_dir).expanduser().resolve()
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    result = DemoResult(out)
+
+    def timed(name: str, fn: Callable[[], object]) -> object:
+        stage(name)
+        t0 = time.perf_counter()
+        value = fn()
+        result.stage_seconds[name] = result.stage_seconds.get(name, 0.0) + time.perf_counter() - t0
+        return value
+
+    target_dir = timed("target: the embedded tiny target", lambda: ensure_tiny_target(b.target_size, progress=progress))
+
+    prompts = data / "prompts.jsonl"
+    if not prompts.exists():
+        rows = demo_prompts(b.prompts)
+        prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train_file = data / "train.jsonl"
+    if not train_file.exists():
+        timed("fetch: prompts → conversations", lambda: fetch(str(prompts), train_file, test_size=0.1, seed=0))
+
+    specs = {algo: demo_spec(algo, out, target_dir, b) for algo in ALGOS}
+    first = specs[ALGOS[0]]
+    settings = resolve_settings(None, str(target_dir), thinking=False, max_tokens=b.regen_max_tokens, batch_size=32)
+    for name in ("train", "train.heldout"):
+        src, dst = data / f"{name}.jsonl", data / f"{name}.regen.jsonl"
+        if not dst.exists():
+            timed(f"regen: the target answers {src.name}", lambda s=src, d=dst: run_regen(s, d, settings, warn=say))
+
+    if not (Path(first.cache_dir()) / "manifest.json").exists():
+        timed("cache: target features → compressed shards", lambda: build_cache(first))
+
+    for algo, spec in specs.items():
+        res = timed(f"train: {algo}", lambda s=spec: train(s, Runtime(progress=progress, say=say)))
+        result.runs[algo] = res.run_dir
+
+    for algo in specs:
+        run_dir = result.runs[algo]
+        found = sorted(run_dir.glob("eval/*/results.json"))
+        if found:
+            result.results[algo] = found[-1]
+            continue
+        ev = timed(
+            f"eval: {algo} (τ and speed)",
+            lambda r=run_dir: evaluate(r, data_dir=packaged_prompts_dir(), speed=True, progress=progress),
+        )
+        result.results[algo] = ev.out_dir / "results.json"
+
+    result.compare_dir = out / "compare"
+    result.comparison, _ = timed(
+        "compare", lambda: compare([str(result.results[a]) for a in ALGOS], result.compare_dir, baseline=f"tiny-{ALGOS[0]}")
+    )
+    return result
