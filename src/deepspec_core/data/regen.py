@@ -258,17 +258,19 @@ class OrderedSink:
         self.failed = 0
 
     def put(self, seq: int, conv_id: str, outcome: Outcome) -> None:
+        if outcome.record is None:
+            # Failures are written at once (their order does not matter), so a run that stops
+            # early still reports every failure it saw; only records wait for their turn.
+            self.failed += 1
+            self.errors.write(json.dumps({"id": conv_id, "error": outcome.error}) + "\n")
+            self.errors.flush()
         self.pending[seq] = (conv_id, outcome)
         wrote = False
         while self.next_seq in self.pending:
-            cid, o = self.pending.pop(self.next_seq)
+            _, o = self.pending.pop(self.next_seq)
             if o.record is not None:
                 self.partial.write(dumps(o.record).encode())
                 wrote = True
-            else:
-                self.failed += 1
-                self.errors.write(json.dumps({"id": cid, "error": o.error}) + "\n")
-                self.errors.flush()
             self.next_seq += 1
         if wrote:
             self.partial.flush()
