@@ -18,7 +18,7 @@ console = Console()
 @handle_errors
 def demo_command(
     out: Path = typer.Option(Path("deepspec-demo"), "--out", help="Directory for the demo's data, cache, runs and report."),
-    budget: str = typer.Option("small", "--budget", help=f"Work per stage: {' | '.join(BUDGETS)} (small: ~10 min on 2 cores)."),
+    budget: str = typer.Option("small", "--budget", help=f"Work per stage: {' | '.join(BUDGETS)} (smoke: minutes; small: the default)."),
 ) -> None:
     """Run the whole pipeline on the embedded tiny target: regen → cache → train the three drafts → eval → compare.
 

@@ -20,7 +20,7 @@ from deepspec_core.spec import ALGOS, RunSpec, load_spec
 
 @dataclass(frozen=True)
 class Budget:
-    """How much work each stage does; `small` fits ~10 minutes on 2 CPU cores."""
+    """How much work each stage does (`small`, the default, aims at ~10–15 minutes on 2 CPU cores)."""
 
     target_size: str  # which build of the tiny target: "quick" (seconds) or "default" (minutes, once)
     prompts: int  # conversations regenerated (train + held-out)
@@ -33,10 +33,10 @@ class Budget:
 
 
 BUDGETS = {
-    # smoke: every stage once, in about two minutes, on the quick tiny target (what CI runs).
+    # smoke: every stage once, in a few minutes, on the quick tiny target (what CI runs).
     "smoke": Budget(target_size="quick", prompts=48, regen_max_tokens=32, train_steps=6, global_batch=8, eval_limit=2,
                     eval_max_new_tokens=16),
-    "small": Budget(target_size="default", prompts=320, regen_max_tokens=96, train_steps=120, global_batch=16, eval_limit=8,
+    "small": Budget(target_size="default", prompts=240, regen_max_tokens=96, train_steps=60, global_batch=16, eval_limit=8,
                     eval_max_new_tokens=64),
     "medium": Budget(target_size="default", prompts=1200, regen_max_tokens=160, train_steps=600, global_batch=32, eval_limit=24,
                      eval_max_new_tokens=128, benchmarks=("humaneval", "mbpp", "lbpp")),
