@@ -106,3 +106,11 @@ def test_a_missing_file_falls_back_to_the_hub(tmp_path, monkeypatch):
     assert calls == ["aime24"] and len(got) == 5 and got.total == 40
     assert got.source == "hub:HuggingFaceH4/aime_2024:train"
     assert json.dumps(got.turns)  # plain data
+
+
+def test_packaged_prompts_cover_the_offline_benchmarks():
+    from deepspec_core.eval.benchmarks import get_benchmark, load_benchmark
+
+    for name in ("gsm8k", "math500", "humaneval", "mbpp", "lbpp", "mt-bench"):
+        b = load_benchmark(name, "packaged")
+        assert len(b.turns) == get_benchmark(name).num_samples and all(t and t[0] for t in b.turns)

@@ -4,7 +4,7 @@ Each benchmark reads ``<data_dir>/<name>.jsonl`` (one ``{"turns": [str, ...]}`` 
 of the reference's prompt files) when a data directory is given and has the file, and otherwise
 fetches its public hub source through ``datasets`` and words the prompts exactly as those files do.
 ``data_dir="packaged"`` reads the copies shipped with deepspec (``assets/eval_prompts``: gsm8k,
-humaneval, mbpp, lbpp and mt-bench, each already the seed-0 subset of the reference file, so their
+math500, humaneval, mbpp, lbpp and mt-bench, each already the seed-0 subset of the reference file, so their
 content hashes equal a full-file run's) — what the demo and offline tests use.
 When a benchmark has more prompts than its sample count, a random subset is drawn with a fixed
 seed (and kept in file order); ``limit`` then takes the first N of that subset, so a limited run
@@ -216,7 +216,7 @@ def fetch_turns(bench: Benchmark) -> list[list[str]]:
         raise DataError(
             f"cannot fetch benchmark {bench.name} from the hub ({src.describe()}): {type(err).__name__}: {err}",
             f'pass --data-dir with a {bench.name}.jsonl of {{"turns": [...]}} lines (`--data-dir packaged` has '
-            "gsm8k, humaneval, mbpp, lbpp, mt-bench), or check network access",
+            "gsm8k, math500, humaneval, mbpp, lbpp, mt-bench), or check network access",
         ) from err
     return [bench.format_row(row) for row in ds]
 
