@@ -61,3 +61,21 @@ def tiny_config():
         )
 
     return make
+
+
+# Suites made of thousands of tiny matmuls are dominated by thread synchronisation: one torch
+# thread runs them 10–50× faster than two on a busy 2-core machine.
+_ONE_THREAD_SUITES = ("tests/decode/", "tests/eval/", "tests/drafts/", "tests/test_losses.py")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_suites(request: pytest.FixtureRequest):
+    if not request.node.nodeid.startswith(_ONE_THREAD_SUITES):
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,14 +8,6 @@ import torch
 from deepspec_core import losses
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _logits(n=6, v=11, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, v, generator=g) * 3, torch.randn(n, v, generator=g) * 3
