@@ -116,6 +116,22 @@ class Proposal:
     dists: torch.Tensor | None = None
     confidences: torch.Tensor | None = None
 
+    @classmethod
+    def from_steps(
+        cls,
+        tokens: list[torch.Tensor],
+        probs: list[torch.Tensor],
+        dists: list[torch.Tensor | None],
+        confidences: list[torch.Tensor] | None = None,
+    ) -> Proposal:
+        """Stack per-step (B,) tokens / probs and (B, V) distributions (None when greedy) along k."""
+        return cls(
+            tokens=torch.stack(tokens, 1),
+            probs=torch.stack(probs, 1),
+            dists=None if any(d is None for d in dists) else torch.stack(dists, 1),
+            confidences=torch.stack(confidences, 1) if confidences else None,
+        )
+
 
 def block_metrics(correct: torch.Tensor, accept: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
     """Metrics of rows × positions: correct / accept (R, k) float, valid (R, k) bool (a prefix per row)."""

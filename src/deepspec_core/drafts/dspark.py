@@ -98,9 +98,4 @@ class DSparkDraft(DFlashDraft):
             probs.append(p)
             dists.append(dist)
             prev = tok
-        return Proposal(
-            tokens=torch.stack(tokens, 1),
-            probs=torch.stack(probs, 1),
-            dists=None if temperature <= 0 else torch.stack(dists, 1),
-            confidences=torch.stack(confs, 1) if confs else None,
-        )
+        return Proposal.from_steps(tokens, probs, dists, confs)

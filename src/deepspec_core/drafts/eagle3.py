@@ -243,8 +243,4 @@ class Eagle3Draft(DraftModel):
             probs.append(p)
             dists.append(dist)
             hidden = out
-        return Proposal(
-            tokens=torch.stack(tokens, 1),
-            probs=torch.stack(probs, 1),
-            dists=None if temperature <= 0 else torch.stack(dists, 1),
-        )
+        return Proposal.from_steps(tokens, probs, dists)
