@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from deepspec_core.errors import DataError
 from deepspec_core.eval.metrics import EvalResults
+from deepspec_core.eval.plots import save_figure
 from deepspec_core.io import atomic_write_json, atomic_write_text
 
 DOMAINS = ("math", "code", "chat")
@@ -238,11 +239,7 @@ def plot_comparison(c: Comparison, out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("P(accept k | accepted 1..k-1)")
     axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / "acceptance_by_position.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+    written.append(save_figure(fig, out_dir / "acceptance_by_position.png"))
 
     labels = [*c.benchmarks, "macro"]
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) * max(1, len(c.entries)) / 2), 3.6))
@@ -254,11 +251,7 @@ def plot_comparison(c: Comparison, out_dir: Path) -> list[Path]:
     ax.set_ylabel("τ (accepted length)")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / "tau_by_benchmark.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+    written.append(save_figure(fig, out_dir / "tau_by_benchmark.png"))
     return written
 
 

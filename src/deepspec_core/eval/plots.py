@@ -37,12 +37,7 @@ def plot_acceptance(results: EvalResults, path: Path | str) -> Path:
     ax.set_title(_title(results), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_tau(results: EvalResults, path: Path | str) -> Path:
@@ -58,6 +53,13 @@ def plot_tau(results: EvalResults, path: Path | str) -> Path:
     ax.set_ylabel("τ (tokens per round)")
     ax.set_title(_title(results), fontsize=10)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path | str) -> Path:
+    """Lay out, write as PNG (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
