@@ -109,6 +109,12 @@ class CacheSpec(_Section):
 class _DraftCommon(_Section):
     num_layers: int = Field(1, ge=1, description="Decoder layers of the draft.")
     intermediate_size: int | None = Field(None, ge=1, description="MLP width of draft layers; default: the target's.")
+    draft_vocab_size: int | None = Field(
+        None,
+        ge=2,
+        description="Reduced draft vocabulary: a trainable head over the most frequent supervised tokens of the "
+        "training data (tokens outside it are never drafted); default: the target's full vocabulary and frozen lm_head.",
+    )
 
 
 class Eagle3Spec(_DraftCommon):
@@ -116,9 +122,6 @@ class Eagle3Spec(_DraftCommon):
     num_layers: int = Field(1, ge=1, description="Decoder layers of the draft.")
     ttt_length: int = Field(7, ge=1, description="Training-time-test unroll steps (also the default chain length).")
     step_decay: float = Field(0.8, gt=0.0, le=1.0, description="Loss weight of TTT step i is step_decay**i.")
-    draft_vocab_size: int | None = Field(
-        None, ge=2, description="Reduced draft vocabulary (most frequent target tokens); default: the full vocabulary."
-    )
 
 
 class _BlockDraft(_DraftCommon):

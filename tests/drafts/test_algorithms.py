@@ -34,14 +34,18 @@ def test_forward_train_shapes_and_dtypes(algo):
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_gradients_reach_only_trainable_parameters(algo):
-    d = make_draft(algo, num_anchors=6) if algo != "eagle3" else make_draft(algo)
+@pytest.mark.parametrize("vocab", [None, 40])
+def test_gradients_reach_only_trainable_parameters(algo, vocab):
+    kw = {"draft_vocab_size": vocab} | ({"num_anchors": 6} if algo != "eagle3" else {})
+    d = make_draft(algo, **kw)
     d.forward_train(make_batch()).loss.backward()
     assert d.embed_tokens.weight.grad is None and d.target_head.weight.grad is None
     trainable = {n: p for n, p in d.named_parameters() if p.requires_grad}
     assert all(p.grad is not None for p in trainable.values()), [n for n, p in trainable.items() if p.grad is None]
     assert trainable["fusion.fc.weight"].grad.abs().sum() > 0
     assert d.layers[0].layer.self_attn.q_proj.weight.grad.abs().sum() > 0
+    if vocab:
+        assert d.draft_head.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -85,8 +89,10 @@ def _continue(batch, n, tokens):
 
 
 @pytest.mark.parametrize("algo,variant", [("eagle3", {}), ("eagle3", {"draft_vocab_size": 40}), ("dflash", {}),
-                                          ("dflash", {"predict_from_anchor": False}), ("dspark", {}),
-                                          ("dspark", {"sequential_head": "rnn", "markov_rank": 8})])
+                                          ("dflash", {"predict_from_anchor": False}),
+                                          ("dflash", {"draft_vocab_size": 40}), ("dspark", {}),
+                                          ("dspark", {"sequential_head": "rnn", "markov_rank": 8}),
+                                          ("dspark", {"draft_vocab_size": 40})])
 def test_propose_agrees_with_teacher_forced_training(algo, variant):
     torch.manual_seed(0)
     d = make_draft(algo, **variant).eval()
@@ -128,3 +134,33 @@ def test_commit_matches_a_fresh_start(algo):
     d.start(ids[:, :12], aux[:, :12])
     b = d.propose(ids[:, 12], 3, temperature=1.0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a.tokens, b.tokens) and torch.allclose(a.dists, b.dists, atol=1e-5)
+
+
+@pytest.mark.parametrize("algo", ["dflash", "dspark"])
+def test_block_ce_with_a_reduced_vocabulary_matches_a_reference(algo):
+    """CE over the draft vocabulary; labels outside it leave the weighted mean (they cannot be drafted)."""
+    from deepspec_core.drafts.base import build_vocab_mapping
+    from deepspec_core.drafts.dflash import sample_anchors
+    from deepspec_core.losses import position_weights
+
+    torch.manual_seed(0)
+    d = make_draft(algo, draft_vocab_size=60, block_size=3, num_anchors=8)
+    counts = torch.rand(VOCAB)
+    d.set_vocab_mapping(*build_vocab_mapping(counts, 60))
+    for p in d.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.2)
+    batch = make_batch(lengths=(24, 17))
+    anchors, keep = sample_anchors(batch.loss_mask, 8, torch.Generator().manual_seed(0))
+    out = d.forward_train(batch, anchors=anchors, keep=keep)
+    logp = torch.log_softmax(d.block_logits(batch, anchors), -1)  # (B, N, γ, V), −inf off the draft vocabulary
+    ids, t = batch.input_ids, batch.input_ids.shape[1]
+    pos = anchors[..., None] + torch.arange(1, 4)
+    labels = ids.gather(1, pos.clamp(max=t - 1).view(2, -1)).view_as(pos)
+    sup = batch.loss_mask.gather(1, pos.clamp(max=t - 1).view(2, -1)).view_as(pos) & (pos < batch.lengths[:, None, None])
+    valid = torch.cumprod((sup & keep[..., None]).long(), -1).bool()
+    inside = d.t2d[labels]
+    assert (valid & ~inside).any() and (valid & inside).any()  # both kinds of label occur
+    w = position_weights(3, d.spec.loss_decay) * (valid & inside)
+    nll = -logp.gather(-1, labels[..., None])[..., 0].masked_fill(~inside, 0.0)
+    assert torch.allclose(out.metrics["ce"], (nll * w).sum() / w.sum(), atol=1e-5)

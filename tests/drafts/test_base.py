@@ -129,8 +129,9 @@ def test_with_features_captured_from_a_real_target():
         assert torch.isfinite(out.loss) and 1.0 <= out.metrics["tau_expected"].item()
 
 
-def test_build_vocab_mapping_and_reduced_head():
-    from deepspec_core.drafts.eagle3 import build_vocab_mapping
+@pytest.mark.parametrize("algo", ALGOS)
+def test_build_vocab_mapping_and_reduced_head(algo):
+    from deepspec_core.drafts.base import build_vocab_mapping
     from deepspec_core.errors import DataError
 
     counts = torch.zeros(VOCAB)
@@ -140,7 +141,7 @@ def test_build_vocab_mapping_and_reduced_head():
     assert (torch.arange(3) + d2t).tolist() == [3, 7, 50]
     with pytest.raises(DataError):
         build_vocab_mapping(counts, VOCAB + 1)
-    d = make_draft("eagle3", draft_vocab_size=3)
+    d = make_draft(algo, draft_vocab_size=3)
     d.set_vocab_mapping(d2t, t2d)
     assert torch.equal(d.draft_ids, torch.tensor([3, 7, 50]))
     assert torch.equal(d.draft_head.weight, d.target_head.weight[[3, 7, 50]])
@@ -148,3 +149,6 @@ def test_build_vocab_mapping_and_reduced_head():
     d.eval().start(torch.tensor([[1, 2, 3]]), torch.randn(1, 3, 2, HIDDEN))
     p = d.propose(torch.tensor([4]), 2)
     assert set(p.tokens.flatten().tolist()) <= {3, 7, 50}
+    assert d.to_draft_labels(torch.tensor([7, 8, 50])).tolist() == [1, -100, 2]
+    with pytest.raises(DataError, match="full vocabulary"):
+        make_draft(algo).set_vocab_mapping(d2t, t2d)

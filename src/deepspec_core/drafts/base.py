@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from deepspec_core.errors import CheckpointError, TargetError
+from deepspec_core.errors import CheckpointError, DataError, TargetError
 from deepspec_core.registry import Registry
 
 from .layers import family_of, text_config
@@ -152,6 +152,25 @@ def block_metrics(correct: torch.Tensor, accept: torch.Tensor, valid: torch.Tens
         }
 
 
+def build_vocab_mapping(token_counts: torch.Tensor, draft_vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d2t (Vd,) int64 offsets, t2d (V,) bool) keeping the ``draft_vocab_size`` most frequent tokens.
+
+    Ties break towards the smaller id; draft ids follow target-id order, so d2t is non-decreasing.
+    """
+    counts = token_counts.flatten().double()
+    v = counts.numel()
+    if not 0 < draft_vocab_size <= v:
+        raise DataError(f"draft vocabulary of {draft_vocab_size} tokens does not fit a vocabulary of {v}",
+                        "set draft.draft_vocab_size between 1 and the target vocabulary size")
+    # Stable sort on −count keeps smaller ids first among equal counts.
+    order = torch.sort(-counts, stable=True).indices[:draft_vocab_size]
+    keep = torch.sort(order).values
+    t2d = torch.zeros(v, dtype=torch.bool)
+    t2d[keep] = True
+    d2t = keep - torch.arange(draft_vocab_size)
+    return d2t.long(), t2d
+
+
 def sample_from_logits(
     logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -263,6 +282,96 @@ class DraftModel(nn.Module):
         if self.softcap:
             logits = self.softcap * torch.tanh(logits.float() / self.softcap)
         return logits
+
+    # -- reduced draft vocabulary ---------------------------------------------------------------
+    # With ``draft.draft_vocab_size`` = Vd < V the draft predicts over the Vd most frequent target
+    # tokens only (:func:`build_vocab_mapping`): ``d2t[i]`` is the offset so target id = i + d2t[i],
+    # ``t2d`` the boolean mask over the target vocabulary, and the head is a *trainable* (Vd, H)
+    # matrix initialised from the target's rows (a small head can specialise; it is saved in
+    # checkpoints with d2t/t2d). A (V, H) head costs most of a CPU training step on a 49k–152k
+    # vocabulary; the price is that tokens outside the Vd are never drafted. Proposals always carry
+    # target ids and distributions over the full target vocabulary, so verification is unchanged.
+    def init_draft_vocab(self, draft_vocab_size: int | None) -> None:
+        """Create the reduced head and its mapping buffers (identity mapping until
+        :meth:`set_vocab_mapping`), or nothing when the full vocabulary is used."""
+        self.draft_head: nn.Linear | None = None
+        if draft_vocab_size is None or draft_vocab_size >= self.vocab_size:
+            return
+        self.draft_head = nn.Linear(self.hidden_size, draft_vocab_size, bias=False)
+        self.register_buffer("d2t", torch.zeros(draft_vocab_size, dtype=torch.long))
+        t2d = torch.zeros(self.vocab_size, dtype=torch.bool)
+        t2d[:draft_vocab_size] = True
+        self.register_buffer("t2d", t2d)
+        self._init_draft_head()
+
+    @property
+    def draft_vocab_size(self) -> int:
+        return self.vocab_size if self.draft_head is None else self.draft_head.out_features
+
+    @property
+    def draft_ids(self) -> torch.Tensor | None:
+        """Target ids of the draft vocabulary (Vd,), None with the full vocabulary."""
+        if self.draft_head is None:
+            return None
+        return torch.arange(self.d2t.numel(), device=self.d2t.device) + self.d2t
+
+    def set_vocab_mapping(self, d2t: torch.Tensor, t2d: torch.Tensor, init_head: bool = True) -> None:
+        """Install a mapping from :func:`build_vocab_mapping`; re-initialise the head from the target rows."""
+        if self.draft_head is None:
+            raise DataError(f"this {self.algo} draft uses the full vocabulary",
+                            "set draft.draft_vocab_size to use a reduced one")
+        if d2t.shape != self.d2t.shape or t2d.shape != self.t2d.shape:
+            raise DataError(f"vocab mapping shapes {tuple(d2t.shape)}/{tuple(t2d.shape)} do not match "
+                            f"{tuple(self.d2t.shape)}/{tuple(self.t2d.shape)}", "rebuild it with the same sizes")
+        self.d2t.copy_(d2t)
+        self.t2d.copy_(t2d)
+        if init_head:
+            self._init_draft_head()
+
+    @torch.no_grad()
+    def _init_draft_head(self) -> None:
+        if self.draft_head.weight.is_meta:
+            return
+        w = self.target_head.weight[self.draft_ids.to(self.target_head.weight.device)]
+        self.draft_head.weight.copy_(w.to(self.draft_head.weight.dtype))
+
+    def vocab_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Draft logits (…, Vd) of normed hidden states: the reduced head, or the frozen target head."""
+        return self.draft_head(h) if self.draft_head is not None else self.head_logits(h)
+
+    def to_target_ids(self, idx: torch.Tensor) -> torch.Tensor:
+        """Draft-vocabulary indices → target ids (identity with the full vocabulary)."""
+        ids = self.draft_ids
+        return idx if ids is None else ids[idx]
+
+    def in_draft_vocab(self, ids: torch.Tensor) -> torch.Tensor:
+        """Bool mask of target ids the draft can propose (all True with the full vocabulary)."""
+        return torch.ones_like(ids, dtype=torch.bool) if self.draft_head is None else self.t2d[ids]
+
+    def full_vocab_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Draft logits (…, Vd) spread over the target vocabulary (…, V), −inf off the draft vocabulary."""
+        if self.draft_head is None:
+            return logits
+        full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
+        return full.index_copy_(-1, self.draft_ids, logits)
+
+    def to_draft_labels(self, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        """Target ids → draft-vocabulary indices; ids outside the draft vocabulary → ``ignore_index``."""
+        if self.draft_head is None:
+            return labels
+        index = torch.cumsum(self.t2d.long(), 0) - 1  # (V,) draft index of each kept target id
+        return torch.where(self.t2d[labels], index[labels], torch.full_like(labels, ignore_index))
+
+    def sample_tokens(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):
+        """:func:`sample_from_logits` on draft logits (B, Vd), returned in the target vocabulary:
+        token ids (B,), their probabilities (B,), distributions (B, V) or None (greedy)."""
+        idx, p, dist = sample_from_logits(logits, temperature, generator)
+        ids = self.draft_ids
+        if ids is None:
+            return idx, p, dist
+        if dist is not None:
+            dist = dist.new_zeros(dist.shape[0], self.vocab_size).index_copy_(1, ids, dist)
+        return ids[idx], p, dist
 
     # -- trainable state ----------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

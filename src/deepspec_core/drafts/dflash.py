@@ -27,7 +27,7 @@ from torch import nn
 
 from deepspec_core import losses
 
-from .base import DRAFTS, DraftBatch, DraftLoss, DraftModel, Proposal, block_metrics, sample_from_logits
+from .base import DRAFTS, DraftBatch, DraftLoss, DraftModel, Proposal, block_metrics
 from .layers import DraftLayer, FeatureFusion, Rotary, cat_kv, draft_layer_config
 
 
@@ -67,6 +67,7 @@ class DFlashDraft(DraftModel):
         self.block_size = draft_spec.block_size
         self.slots = self.block_size + (0 if draft_spec.predict_from_anchor else 1)
         self.mask_embedding = None if self.mask_token_id is not None else nn.Parameter(torch.randn(h) * 0.02)
+        self.init_draft_vocab(draft_spec.draft_vocab_size)
         self._ctx_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def max_proposal(self) -> int:
@@ -148,14 +149,14 @@ class DFlashDraft(DraftModel):
         hidden = self.block_hidden(batch, anchors)
         pos = (anchors[..., None] + torch.arange(self.block_size, device=ids.device)).clamp(max=ids.shape[1] - 1)
         prev = ids.gather(1, pos.reshape(ids.shape[0], -1)).view_as(pos)  # x_{a+k−1}
-        return self.row_logits(*self.row_inputs(hidden, prev)).float()
+        return self.full_vocab_logits(self.row_logits(*self.row_inputs(hidden, prev)).float())
 
     def row_inputs(self, hidden: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-prediction inputs of ``row_logits``: (B, N, γ, ·) tensors. DFlash: the hidden state only."""
         return (hidden,)
 
     def row_logits(self, h: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
-        return self.head_logits(h)
+        return self.vocab_logits(h)
 
     def vocab_rows(self, hidden, labels, prev, target_h, valid, want, grad_terms):
         """Vocabulary terms of the supervised predictions only, scattered back to (B·N, γ)."""
@@ -163,7 +164,8 @@ class DFlashDraft(DraftModel):
         inputs = tuple(x.reshape(valid.numel(), -1)[rows] for x in self.row_inputs(hidden, prev))
         terms = losses.vocab_terms(
             self.row_logits, inputs, target_h.reshape(-1, self.hidden_size)[rows], self.target_head.weight,
-            labels=labels.reshape(-1)[rows], want=want, grad_terms=grad_terms, softcap=self.softcap,
+            labels=self.to_draft_labels(labels.reshape(-1)[rows]), want=want, grad_terms=grad_terms,
+            draft_ids=self.draft_ids, softcap=self.softcap,
         )
         shape = (valid.shape[0] * valid.shape[1], valid.shape[2])
         full = {}
@@ -176,7 +178,8 @@ class DFlashDraft(DraftModel):
         terms = self.vocab_rows(hidden, labels, prev, target_h, valid, ("ce", "tv", "correct"), ("ce",))
         v = valid.reshape(-1, self.block_size)
         w = losses.position_weights(self.block_size, self.spec.loss_decay, hidden.device) * v
-        loss = losses.weighted_mean(terms["ce"], w)
+        # A label outside a reduced draft vocabulary cannot be learned: it leaves the CE mean.
+        loss = losses.weighted_mean(terms["ce"], w * self.in_draft_vocab(labels).reshape_as(w))
         metrics = block_metrics(terms["correct"], 1.0 - terms["tv"].detach(), v)
         metrics.update(loss=loss.detach(), ce=loss.detach())
         return DraftLoss(loss=loss, metrics=metrics)
@@ -227,6 +230,6 @@ class DFlashDraft(DraftModel):
                      generator: torch.Generator | None) -> Proposal:
         """DFlash slots are independent given the block: sample each from its own distribution."""
         b, k, _ = hidden.shape
-        logits = self.head_logits(hidden).reshape(b * k, -1)
-        tok, p, dist = sample_from_logits(logits, temperature, generator)
+        logits = self.vocab_logits(hidden).reshape(b * k, -1)
+        tok, p, dist = self.sample_tokens(logits, temperature, generator)
         return Proposal(tokens=tok.view(b, k), probs=p.view(b, k), dists=None if dist is None else dist.view(b, k, -1))

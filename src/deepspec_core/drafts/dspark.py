@@ -19,7 +19,7 @@ import torch
 
 from deepspec_core import losses
 
-from .base import DRAFTS, DraftLoss, Proposal, block_metrics, sample_from_logits
+from .base import DRAFTS, DraftLoss, Proposal, block_metrics
 from .dflash import DFlashDraft
 from .heads import ConfidenceHead, build_sequential_head
 
@@ -31,7 +31,9 @@ class DSparkDraft(DFlashDraft):
     def __init__(self, draft_spec, target_spec, target_config, embed_weight, lm_head_weight):
         super().__init__(draft_spec, target_spec, target_config, embed_weight, lm_head_weight)
         s = draft_spec
-        self.seq_head = build_sequential_head(s.sequential_head, self.vocab_size, s.markov_rank, self.hidden_size)
+        self.seq_head = build_sequential_head(
+            s.sequential_head, self.vocab_size, s.markov_rank, self.hidden_size, out_size=self.draft_vocab_size
+        )
         extra = s.markov_rank if self.seq_head is not None else 0
         self.confidence = ConfidenceHead(self.hidden_size + extra) if s.confidence_head else None
 
@@ -42,7 +44,7 @@ class DSparkDraft(DFlashDraft):
         return hidden, self.seq_head.features(prev, hidden)
 
     def row_logits(self, h: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
-        logits = self.head_logits(h)
+        logits = self.vocab_logits(h)
         if not extra:
             return logits
         return logits.float() + self.seq_head.bias(extra[0]).float()
@@ -59,7 +61,7 @@ class DSparkDraft(DFlashDraft):
         terms = self.vocab_rows(hidden, labels, prev, target_h, valid, ("ce", "tv", "correct"), grad_terms)
         v = valid.reshape(-1, self.block_size)
         w = losses.position_weights(self.block_size, s.loss_decay, hidden.device) * v
-        ce = losses.weighted_mean(terms["ce"], w)
+        ce = losses.weighted_mean(terms["ce"], w * self.in_draft_vocab(labels).reshape_as(w))
         l1 = losses.weighted_mean(2.0 * terms["tv"], w)
         accept = 1.0 - terms["tv"].detach()
         loss = s.ce_weight * ce + (s.tv_weight * l1 if s.tv_weight > 0 else 0.0)
@@ -93,7 +95,7 @@ class DSparkDraft(DFlashDraft):
             e, state = self.seq_head.step(prev, h, state)
             if self.confidence is not None:
                 confs.append(torch.sigmoid(self.confidence(h, self.seq_head.token_embedding(prev))))
-            tok, p, dist = sample_from_logits(self.row_logits(h, e), temperature, generator)
+            tok, p, dist = self.sample_tokens(self.row_logits(h, e), temperature, generator)
             tokens.append(tok)
             probs.append(p)
             dists.append(dist)

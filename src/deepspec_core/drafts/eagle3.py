@@ -13,12 +13,8 @@ step-0 keys at positions ≤ t (causal, computed from real features) and its own
 Σ_i step_decay**i · soft-CE(draft, target distribution at t+1+i), each a mean over supervised
 positions (token x_{t+2+i} in the loss mask, and every earlier step's too).
 
-Reduced draft vocabulary (``draft_vocab_size``): the Vd most frequent target tokens of the
-training data (:func:`build_vocab_mapping`); ``d2t[i]`` is the offset so target id = i + d2t[i],
-``t2d`` the boolean mask over the target vocabulary. The draft lm_head is then a *trainable*
-(Vd, H) matrix initialised from the target's rows (a small head can specialise; it is saved in
-checkpoints with d2t/t2d). With the full vocabulary the frozen target lm_head is used. Proposals
-always carry token ids and distributions over the full target vocabulary.
+Reduced draft vocabulary (``draft_vocab_size``): see :class:`~.base.DraftModel` — a trainable
+(Vd, H) head over the most frequent target tokens; proposals are mapped back to target ids.
 """
 
 from __future__ import annotations
@@ -27,29 +23,9 @@ import torch
 from torch import nn
 
 from deepspec_core import losses
-from deepspec_core.errors import DataError
 
-from .base import DRAFTS, DraftBatch, DraftLoss, DraftModel, Proposal, block_metrics, sample_from_logits
+from .base import DRAFTS, DraftBatch, DraftLoss, DraftModel, Proposal, block_metrics
 from .layers import DraftLayer, FeatureFusion, Rotary, cat_kv, draft_layer_config
-
-
-def build_vocab_mapping(token_counts: torch.Tensor, draft_vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d2t (Vd,) int64 offsets, t2d (V,) bool) keeping the ``draft_vocab_size`` most frequent tokens.
-
-    Ties break towards the smaller id; draft ids follow target-id order, so d2t is non-decreasing.
-    """
-    counts = token_counts.flatten().double()
-    v = counts.numel()
-    if not 0 < draft_vocab_size <= v:
-        raise DataError(f"draft vocabulary of {draft_vocab_size} tokens does not fit a vocabulary of {v}",
-                        "set draft.draft_vocab_size between 1 and the target vocabulary size")
-    # Stable sort on −count keeps smaller ids first among equal counts.
-    order = torch.sort(-counts, stable=True).indices[:draft_vocab_size]
-    keep = torch.sort(order).values
-    t2d = torch.zeros(v, dtype=torch.bool)
-    t2d[keep] = True
-    d2t = keep - torch.arange(draft_vocab_size)
-    return d2t.long(), t2d
 
 
 @DRAFTS.register("eagle3")
@@ -68,50 +44,14 @@ class Eagle3Draft(DraftModel):
         )
         self.norm = fam.rms_norm(h, eps=eps)
         self.rotary = Rotary(fam, cfg)
-        vd = draft_spec.draft_vocab_size
-        self.draft_head: nn.Linear | None = None
-        if vd is not None and vd < self.vocab_size:
-            self.draft_head = nn.Linear(h, vd, bias=False)
-            self.register_buffer("d2t", torch.zeros(vd, dtype=torch.long))
-            t2d = torch.zeros(self.vocab_size, dtype=torch.bool)
-            t2d[:vd] = True
-            self.register_buffer("t2d", t2d)
-            self._init_draft_head()
+        self.init_draft_vocab(draft_spec.draft_vocab_size)
         self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._pending: torch.Tensor | None = None
         self._n = 0
 
-    # -- vocabulary ---------------------------------------------------------------------------
-    @property
-    def draft_ids(self) -> torch.Tensor | None:
-        """Target ids of the draft vocabulary (Vd,), None with the full vocabulary."""
-        if self.draft_head is None:
-            return None
-        return torch.arange(self.d2t.numel(), device=self.d2t.device) + self.d2t
-
-    def set_vocab_mapping(self, d2t: torch.Tensor, t2d: torch.Tensor, init_head: bool = True) -> None:
-        """Install a mapping from :func:`build_vocab_mapping`; re-initialise the head from the target rows."""
-        if self.draft_head is None:
-            raise DataError("this Eagle3 draft uses the full vocabulary", "set draft.draft_vocab_size to use a mapping")
-        if d2t.shape != self.d2t.shape or t2d.shape != self.t2d.shape:
-            raise DataError(f"vocab mapping shapes {tuple(d2t.shape)}/{tuple(t2d.shape)} do not match "
-                            f"{tuple(self.d2t.shape)}/{tuple(self.t2d.shape)}", "rebuild it with the same sizes")
-        self.d2t.copy_(d2t)
-        self.t2d.copy_(t2d)
-        if init_head:
-            self._init_draft_head()
-
-    @torch.no_grad()
-    def _init_draft_head(self) -> None:
-        if self.draft_head.weight.is_meta:
-            return
-        w = self.target_head.weight[self.draft_ids.to(self.target_head.weight.device)]
-        self.draft_head.weight.copy_(w.to(self.draft_head.weight.dtype))
-
     def _logits(self, g: torch.Tensor) -> torch.Tensor:
         """Draft logits (…, Vd or V) of layer outputs g (…, H)."""
-        x = self.norm(g)
-        return self.draft_head(x) if self.draft_head is not None else self.head_logits(x)
+        return self.vocab_logits(self.norm(g))
 
     # -- one draft forward over Q positions ----------------------------------------------------
     def _step(self, emb, hidden, rope, mask, prefix):
@@ -148,11 +88,7 @@ class Eagle3Draft(DraftModel):
         """Draft logits over the target vocabulary (B, T, steps, V): step i at t predicts x_{t+2+i}."""
         outs = []
         for _, out in self._ttt(batch):
-            logits = self._logits(out).float()
-            if self.draft_head is not None:
-                full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
-                logits = full.index_copy_(-1, self.draft_ids, logits)
-            outs.append(logits)
+            outs.append(self.full_vocab_logits(self._logits(out).float()))
         return torch.stack(outs, 2)
 
     def forward_train(self, batch: DraftBatch) -> DraftLoss:
@@ -228,19 +164,15 @@ class Eagle3Draft(DraftModel):
         b = last_token.shape[0]
         kv, hidden, tok = self._kv, self._pending, last_token.view(b, 1)
         past = 0 if kv is None else kv[0][0].shape[2]
-        ids = self.draft_ids
         tokens, probs, dists = [], [], []
         for i in range(k):
             pos = torch.full((b, 1), past + i, device=hidden.device)
             mask = torch.ones(1, 1, 1, past + i + 1, dtype=torch.bool, device=hidden.device)
             out, kvs = self._step(self.embed(tok), hidden, self.rotary(hidden, pos), mask, kv)
             kv = cat_kv(kv, kvs)
-            idx, p, dist = sample_from_logits(self._logits(out[:, 0]), temperature, generator)
-            tok = (idx if ids is None else ids[idx]).view(b, 1)
-            if dist is not None and ids is not None:
-                dist = dist.new_zeros(b, self.vocab_size).index_copy_(1, ids, dist)
-            tokens.append(tok[:, 0])
+            tok, p, dist = self.sample_tokens(self._logits(out[:, 0]), temperature, generator)
+            tokens.append(tok)
             probs.append(p)
             dists.append(dist)
-            hidden = out
+            hidden, tok = out, tok.view(b, 1)
         return Proposal.from_steps(tokens, probs, dists)

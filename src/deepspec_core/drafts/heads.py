@@ -22,10 +22,10 @@ from torch import nn
 class MarkovHead(nn.Module):
     """logits_k = U_k + W2 · W1[x_{k−1}] with W1: V × r lookup and W2: r × V (rank r)."""
 
-    def __init__(self, vocab_size: int, rank: int):
+    def __init__(self, vocab_size: int, rank: int, out_size: int | None = None):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, rank)  # W1
-        self.proj = nn.Linear(rank, vocab_size, bias=False)  # W2
+        self.proj = nn.Linear(rank, out_size or vocab_size, bias=False)  # W2
         nn.init.normal_(self.embed.weight, std=rank**-0.5)
         nn.init.zeros_(self.proj.weight)
 
@@ -46,12 +46,12 @@ class RNNHead(nn.Module):
     """Gated recurrence over the block: z_k = [s_{k−1}; W1[x_{k−1}]; h_k] → (g, c, o) by one linear map;
     s_k = σ(g)⊙s_{k−1} + (1−σ(g))⊙tanh(c); bias_k = W2 · tanh(o). s_0 = 0."""
 
-    def __init__(self, vocab_size: int, rank: int, hidden_size: int):
+    def __init__(self, vocab_size: int, rank: int, hidden_size: int, out_size: int | None = None):
         super().__init__()
         self.rank = rank
         self.embed = nn.Embedding(vocab_size, rank)
         self.cell = nn.Linear(2 * rank + hidden_size, 3 * rank)
-        self.proj = nn.Linear(rank, vocab_size, bias=False)
+        self.proj = nn.Linear(rank, out_size or vocab_size, bias=False)
         nn.init.normal_(self.embed.weight, std=rank**-0.5)
         nn.init.zeros_(self.proj.weight)
 
@@ -90,12 +90,15 @@ class ConfidenceHead(nn.Module):
         return self.proj(x.to(self.proj.weight.dtype)).squeeze(-1).float()
 
 
-def build_sequential_head(kind: str, vocab_size: int, rank: int, hidden_size: int) -> nn.Module | None:
-    """The spec's sequential head, or None for kind 'none' or rank 0."""
+def build_sequential_head(kind: str, vocab_size: int, rank: int, hidden_size: int,
+                          out_size: int | None = None) -> nn.Module | None:
+    """The spec's sequential head, or None for kind 'none' or rank 0. The token lookup W1 spans the
+    target vocabulary (any token can precede a slot); the bias W2 spans ``out_size`` (the draft
+    vocabulary, default: the target's)."""
     if kind == "none" or rank == 0:
         return None
     if kind == "markov":
-        return MarkovHead(vocab_size, rank)
+        return MarkovHead(vocab_size, rank, out_size)
     if kind == "rnn":
-        return RNNHead(vocab_size, rank, hidden_size)
+        return RNNHead(vocab_size, rank, hidden_size, out_size)
     raise ValueError(f"unknown sequential head {kind!r}; choose markov, rnn or none")

@@ -271,11 +271,11 @@ def _local_dir(model: str, revision: str | None) -> str:
 
 
 def init_vocab_mapping(parts: TrainParts, spec: RunSpec) -> None:
-    """A reduced Eagle3 vocabulary: the most frequent supervised tokens of the training samples."""
+    """A reduced draft vocabulary: the most frequent supervised tokens of the training samples."""
     draft = parts.draft
     if getattr(draft, "draft_head", None) is None or not hasattr(draft, "set_vocab_mapping"):
         return
-    from deepspec_core.drafts.eagle3 import build_vocab_mapping
+    from deepspec_core.drafts.base import build_vocab_mapping
 
     d2t, t2d = build_vocab_mapping(parts.loss_token_counts(), spec.draft.draft_vocab_size)
     device = next(draft.parameters()).device
