@@ -84,17 +84,26 @@ def test_vocab_terms_chunked_equals_unchunked(chunk):
     assert torch.allclose(grads[0], x.grad, atol=1e-5) and torch.allclose(grads[1], w_draft.grad, atol=1e-5)
 
 
-def test_vocab_terms_with_a_reduced_draft_vocabulary():
+@pytest.mark.parametrize("chunk", [2, 64])
+def test_vocab_terms_with_a_reduced_draft_vocabulary(chunk):
     g = torch.Generator().manual_seed(1)
     n, h, v = 5, 8, 20
     ids = torch.tensor([1, 4, 5, 9, 13, 19])
     w_t = torch.randn(v, h, generator=g)
-    x, th = torch.randn(n, h, generator=g), torch.randn(n, h, generator=g)
+    x, th = torch.randn(n, h, generator=g, requires_grad=True), torch.randn(n, h, generator=g)
     wd = torch.randn(len(ids), h, generator=g)
-    terms = losses.vocab_terms(lambda r: r @ wd.T, (x,), th, w_t, draft_ids=ids, want=("soft_ce", "tv", "correct"))
+    y = torch.tensor([0, 3, -100, 5, 2])
+    terms = losses.vocab_terms(lambda r: r @ wd.T, (x,), th, w_t, labels=y, draft_ids=ids, chunk_rows=chunk,
+                               want=("soft_ce", "ce", "tv", "correct"), grad_terms=("soft_ce", "ce", "tv"))
+    sum(terms[t].sum() for t in ("soft_ce", "ce", "tv")).backward()
+    grad, x.grad = x.grad.clone(), None
     q_small = (x @ wd.T).softmax(-1)
     q_full = torch.zeros(n, v).index_copy(1, ids, q_small)
     p_full = (th @ w_t.T).softmax(-1)
-    assert torch.allclose(terms["tv"], 0.5 * (q_full - p_full).abs().sum(-1), atol=1e-5)
-    assert torch.allclose(terms["soft_ce"], losses.soft_cross_entropy(x @ wd.T, (th @ w_t.T)[:, ids]), atol=1e-5)
+    naive = (losses.soft_cross_entropy(x @ wd.T, (th @ w_t.T)[:, ids]), losses.cross_entropy(x @ wd.T, y),
+             0.5 * (q_full - p_full).abs().sum(-1))
+    for name, want in zip(("soft_ce", "ce", "tv"), naive, strict=True):
+        assert torch.allclose(terms[name], want.detach(), atol=1e-5), name
     assert torch.equal(terms["correct"], (ids[q_small.argmax(-1)] == p_full.argmax(-1)).float())
+    sum(t.sum() for t in naive).backward()
+    assert torch.allclose(grad, x.grad, atol=1e-5)

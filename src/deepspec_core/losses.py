@@ -12,7 +12,9 @@ These are the eager twins of the Triton kernels in ``deepspec_kernels``.
 Memory: at Qwen3-4B shapes a [rows, V] fp32 tensor is 3584 × 151936 × 4 B = 2.18 GB. The block
 drafters therefore never build the logits of all rows at once: :func:`vocab_terms` computes the
 logits of ``chunk_rows`` rows at a time inside ``torch.utils.checkpoint``, so the forward keeps only
-per-row scalars and the backward recomputes one chunk's logits at a time.
+per-row scalars and the backward recomputes one chunk's logits at a time. With a reduced draft
+vocabulary (Vd ≪ V) the target's side is computed once per chunk and its (rows, Vd) view kept for
+the backward: the full-vocabulary target matmul is then most of the cost, and Vd columns are cheap.
 """
 
 from __future__ import annotations
@@ -73,43 +75,51 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 TERMS = ("soft_ce", "ce", "tv", "correct")
 
 
+def target_view(
+    target_hidden: torch.Tensor, target_weight: torch.Tensor, softcap: float | None, draft_ids: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the loss terms need of the target, without gradient: its logits on the draft ids
+    (c, Vd) (all V with the full vocabulary), their full-vocabulary logsumexp (c,) and argmax (c,)."""
+    with torch.no_grad():
+        logits = F.linear(target_hidden.to(target_weight.dtype), target_weight).float()  # (c, V)
+        if softcap:
+            logits = softcap * torch.tanh(logits / softcap)
+        lse, top = torch.logsumexp(logits, dim=-1), logits.argmax(-1)
+        return (logits if draft_ids is None else logits[:, draft_ids]), lse, top
+
+
 def _terms_of_chunk(
     draft_logits_fn: Callable[..., torch.Tensor],
-    target_weight: torch.Tensor,
     want: tuple[str, ...],
     grad_terms: tuple[str, ...],
-    softcap: float | None,
     draft_ids: torch.Tensor | None,
-    target_hidden: torch.Tensor,
+    target: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | Callable[[], tuple[torch.Tensor, ...]],
     labels: torch.Tensor | None,
     *draft_inputs: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
     q_logits = draft_logits_fn(*draft_inputs).float()  # (c, Vd)
-    with torch.no_grad():
-        p_logits = F.linear(target_hidden.to(target_weight.dtype), target_weight).float()  # (c, V)
-        if softcap:
-            p_logits = softcap * torch.tanh(p_logits / softcap)
-        p_full = F.softmax(p_logits, dim=-1)
-        # With a reduced draft vocabulary q lives on draft_ids; p is compared on the same ids.
-        p_on_draft = p_full if draft_ids is None else p_full[:, draft_ids]
+    # ``target`` is a precomputed target_view, or a thunk that computes it (then a checkpoint's
+    # backward recomputes it too, trading time for the memory of a (c, Vd) tensor per chunk).
+    p_logits_d, lse, p_top = target() if callable(target) else target
     out = []
     for name in want:
         with torch.set_grad_enabled(torch.is_grad_enabled() and name in grad_terms):
             if name == "soft_ce":
                 # Reduced vocabulary: the target restricted to the draft ids and renormalised.
-                p_logits_d = p_logits if draft_ids is None else p_logits[:, draft_ids]
                 out.append(soft_cross_entropy(q_logits, p_logits_d))
             elif name == "ce":
                 assert labels is not None, "the 'ce' term needs labels"
                 out.append(cross_entropy(q_logits, labels))
             elif name == "tv":
                 q = F.softmax(q_logits, dim=-1)
-                # Σ_v min(p, q) over the draft ids is exact: q is 0 off them.
+                # p on the draft ids, normalised over the full vocabulary; Σ_v min(p, q) over the
+                # draft ids is exact because q is 0 off them.
+                p_on_draft = torch.exp(p_logits_d - lse[:, None])
                 out.append(1.0 - torch.minimum(q, p_on_draft).sum(-1))
             elif name == "correct":
                 top = q_logits.argmax(-1)
                 top = top if draft_ids is None else draft_ids[top]
-                out.append((top == p_full.argmax(-1)).float())
+                out.append((top == p_top).float())
             else:
                 raise ValueError(f"unknown loss term {name!r}; choose from {TERMS}")
     return tuple(out)
@@ -144,10 +154,16 @@ def vocab_terms(
     results: dict[str, list[torch.Tensor]] = {name: [] for name in want}
     for start in range(0, n, chunk_rows):
         sl = slice(start, min(n, start + chunk_rows))
-        args = (
-            draft_logits_fn, target_weight, want, grad_terms, softcap, draft_ids,
-            target_hidden[sl], None if labels is None else labels[sl], *(x[sl] for x in draft_inputs),
-        )
+        th = target_hidden[sl]
+        if draft_ids is not None:
+            # A reduced head is cheap next to the (c, V) target matmul: compute the target once and
+            # keep its (c, Vd) view for the backward instead of recomputing it.
+            target = target_view(th, target_weight, softcap, draft_ids)
+        else:
+            def target(th=th):
+                return target_view(th, target_weight, softcap, None)
+        args = (draft_logits_fn, want, grad_terms, draft_ids, target,
+                None if labels is None else labels[sl], *(x[sl] for x in draft_inputs))
         if need_grad:
             outs = checkpoint(_terms_of_chunk, *args, use_reentrant=False)
         else:
@@ -161,5 +177,5 @@ def vocab_terms(
 
 __all__ = [
     "soft_cross_entropy", "cross_entropy", "total_variation", "bce_towards", "position_weights",
-    "step_weights", "weighted_mean", "vocab_terms", "DEFAULT_CHUNK_ROWS",
+    "step_weights", "weighted_mean", "target_view", "vocab_terms", "DEFAULT_CHUNK_ROWS",
 ]
