@@ -79,13 +79,20 @@ def target_view(
     target_hidden: torch.Tensor, target_weight: torch.Tensor, softcap: float | None, draft_ids: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What the loss terms need of the target, without gradient: its logits on the draft ids
-    (c, Vd) (all V with the full vocabulary), their full-vocabulary logsumexp (c,) and argmax (c,)."""
+    (N, Vd) (all V with the full vocabulary), their full-vocabulary logsumexp (N,) and argmax (N,).
+    Computed ``DEFAULT_CHUNK_ROWS`` rows at a time, so only the (N, Vd) result is ever whole."""
+    parts = []
     with torch.no_grad():
-        logits = F.linear(target_hidden.to(target_weight.dtype), target_weight).float()  # (c, V)
-        if softcap:
-            logits = softcap * torch.tanh(logits / softcap)
-        lse, top = torch.logsumexp(logits, dim=-1), logits.argmax(-1)
-        return (logits if draft_ids is None else logits[:, draft_ids]), lse, top
+        for start in range(0, max(1, target_hidden.shape[0]), DEFAULT_CHUNK_ROWS):
+            th = target_hidden[start : start + DEFAULT_CHUNK_ROWS]
+            logits = F.linear(th.to(target_weight.dtype), target_weight).float()  # (c, V)
+            if softcap:
+                logits = softcap * torch.tanh(logits / softcap)
+            parts.append((logits if draft_ids is None else logits[:, draft_ids],
+                          torch.logsumexp(logits, dim=-1), logits.argmax(-1)))
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(torch.cat(p) for p in zip(*parts, strict=True))
 
 
 def _terms_of_chunk(
@@ -137,6 +144,7 @@ def vocab_terms(
     draft_ids: torch.Tensor | None = None,
     softcap: float | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    target: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-row loss terms of N rows, computed ``chunk_rows`` rows at a time.
 
@@ -147,22 +155,25 @@ def vocab_terms(
     vocabulary pass draft ids). Terms: soft_ce (against the target distribution), ce (against
     labels), tv (½‖q − p‖₁ with p over the full target vocabulary), correct (draft argmax ==
     target argmax, as float). Only ``grad_terms`` carry gradients. Returns {term: (N,) fp32}.
+    ``target``: the rows' :func:`target_view`, when the caller already has it (then
+    ``target_hidden`` / ``target_weight`` are not read and may be None).
     """
-    n = target_hidden.shape[0]
+    n = draft_inputs[0].shape[0]
     chunk_rows = max(1, chunk_rows)
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in draft_inputs)
     results: dict[str, list[torch.Tensor]] = {name: [] for name in want}
     for start in range(0, n, chunk_rows):
         sl = slice(start, min(n, start + chunk_rows))
-        th = target_hidden[sl]
-        if draft_ids is not None:
+        if target is not None:
+            view = tuple(x[sl] for x in target)
+        elif draft_ids is not None:
             # A reduced head is cheap next to the (c, V) target matmul: compute the target once and
             # keep its (c, Vd) view for the backward instead of recomputing it.
-            target = target_view(th, target_weight, softcap, draft_ids)
+            view = target_view(target_hidden[sl], target_weight, softcap, draft_ids)
         else:
-            def target(th=th):
+            def view(th=target_hidden[sl]):
                 return target_view(th, target_weight, softcap, None)
-        args = (draft_logits_fn, want, grad_terms, draft_ids, target,
+        args = (draft_logits_fn, want, grad_terms, draft_ids, view,
                 None if labels is None else labels[sl], *(x[sl] for x in draft_inputs))
         if need_grad:
             outs = checkpoint(_terms_of_chunk, *args, use_reentrant=False)
@@ -171,7 +182,7 @@ def vocab_terms(
         for name, value in zip(want, outs, strict=True):
             results[name].append(value)
     if n == 0:
-        return {name: target_hidden.new_zeros(0, dtype=torch.float32) for name in want}
+        return {name: draft_inputs[0].new_zeros(0, dtype=torch.float32) for name in want}
     return {name: torch.cat(vals) for name, vals in results.items()}
 
 

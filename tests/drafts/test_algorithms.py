@@ -164,3 +164,32 @@ def test_block_ce_with_a_reduced_vocabulary_matches_a_reference(algo):
     w = position_weights(3, d.spec.loss_decay) * (valid & inside)
     nll = -logp.gather(-1, labels[..., None])[..., 0].masked_fill(~inside, 0.0)
     assert torch.allclose(out.metrics["ce"], (nll * w).sum() / w.sum(), atol=1e-5)
+
+
+def test_eagle3_loss_with_a_reduced_vocabulary_matches_a_reference():
+    """Soft-CE per TTT step against the target restricted to the draft ids, step i at t against the
+    target distribution at t+1+i; a mean over supervised positions, weighted by step_decay**i."""
+    from deepspec_core.drafts.base import build_vocab_mapping
+    from deepspec_core.losses import soft_cross_entropy
+
+    torch.manual_seed(0)
+    d = make_draft("eagle3", draft_vocab_size=50, ttt_length=3)
+    d.set_vocab_mapping(*build_vocab_mapping(torch.rand(VOCAB), 50))
+    for p in d.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.2)
+    batch = make_batch(lengths=(24, 17))
+    out = d.forward_train(batch)
+    q = d.teacher_forced_logits(batch)[..., d.draft_ids]  # (B, T, S, Vd)
+    p_all = batch.final_hidden @ d.target_head.weight.T  # (B, T, V)
+    lengths, t, want = batch.lengths, batch.input_ids.shape[1], 0.0
+    for i in range(3):
+        nll, n = 0.0, 0
+        for bi in range(2):
+            for pos in range(t):
+                ok = all(pos + 2 + j < lengths[bi] and batch.loss_mask[bi, pos + 2 + j] for j in range(i + 1))
+                if ok:
+                    nll += soft_cross_entropy(q[bi, pos, i][None], p_all[bi, pos + 1 + i, d.draft_ids][None]).item()
+                    n += 1
+        want += 0.8**i * nll / n
+    assert out.loss.item() == pytest.approx(want, rel=1e-4)

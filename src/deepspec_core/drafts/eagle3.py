@@ -104,13 +104,19 @@ class Eagle3Draft(DraftModel):
         weights = losses.step_weights(steps, self.spec.step_decay)
         correct, accept = torch.zeros(b * t, steps, device=dev), torch.zeros(b * t, steps, device=dev)
         loss = torch.zeros((), device=dev)
+        final = batch.final_hidden.reshape(b * t, h)
+        view = None
+        if self.draft_head is not None:
+            # Every TTT step compares against the same target distributions, shifted: with a reduced
+            # head keep their (B·T, Vd) view once instead of a full-vocabulary matmul per step.
+            view = losses.target_view(final, self.target_head.weight, self.softcap, self.draft_ids)
         for i, out in self._ttt(batch):
             rows = valid[:, :, i].reshape(-1).nonzero().squeeze(-1)  # only supervised rows cost vocab work
-            tgt = batch.final_hidden.gather(1, (pos + 1 + i).clamp(max=t - 1)[None, :, None].expand(b, t, h))
+            src = (torch.arange(b, device=dev)[:, None] * t + (pos + 1 + i).clamp(max=t - 1)).reshape(-1)[rows]
             terms = losses.vocab_terms(
-                self._logits, (out.reshape(-1, h)[rows],), tgt.reshape(-1, h)[rows], self.target_head.weight,
+                self._logits, (out.reshape(-1, h)[rows],), final[src], self.target_head.weight,
                 want=("soft_ce", "tv", "correct"), grad_terms=("soft_ce",), draft_ids=self.draft_ids,
-                softcap=self.softcap,
+                softcap=self.softcap, target=None if view is None else tuple(x[src] for x in view),
             )
             loss = loss + float(weights[i]) * terms["soft_ce"].sum() / max(1, rows.numel())
             correct[rows, i] = terms["correct"]
