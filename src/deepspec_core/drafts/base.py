@@ -262,6 +262,7 @@ class DraftModel(nn.Module):
         self.target_head.weight = nn.Parameter(_weight(lm_head_weight).detach(), requires_grad=False)
         self.embed_scale = float(cfg.hidden_size) ** 0.5 if cfg.model_type.startswith("gemma") else 1.0
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
+        self.draft_head: nn.Linear | None = None  # a reduced vocabulary's head: init_draft_vocab
 
     @classmethod
     def from_spec(cls, draft_spec, target_spec, target_config, embed_weight, lm_head_weight) -> DraftModel:
@@ -294,7 +295,6 @@ class DraftModel(nn.Module):
     def init_draft_vocab(self, draft_vocab_size: int | None) -> None:
         """Create the reduced head and its mapping buffers (identity mapping until
         :meth:`set_vocab_mapping`), or nothing when the full vocabulary is used."""
-        self.draft_head: nn.Linear | None = None
         if draft_vocab_size is None or draft_vocab_size >= self.vocab_size:
             return
         self.draft_head = nn.Linear(self.hidden_size, draft_vocab_size, bias=False)
