@@ -7,7 +7,7 @@ Conventions (all functions):
   rejection sampling accepts a draft token). The DSpark loss term is the L1 form ‖p − q‖₁ = 2·TV,
   as in the paper's loss formula; the drafts say which form they use.
 
-These are the eager twins of the Triton kernels in ``deepspec_kernels``.
+These are the eager reference: fused kernels added to ``deepspec_kernels`` must match them.
 
 Memory: at Qwen3-4B shapes a [rows, V] fp32 tensor is 3584 × 151936 × 4 B = 2.18 GB. The block
 drafters therefore never build the logits of all rows at once: :func:`vocab_terms` computes the
