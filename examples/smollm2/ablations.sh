@@ -4,7 +4,7 @@
 #   1. the reduced draft vocabulary: DFlash with the full 49,152-token vocabulary and frozen
 #      target head, same 100 steps, against run.sh's 8,192-token DFlash;
 #   2. the training budget: DFlash and DSpark trained 3x longer (300 steps).
-# About 50 minutes on 2 CPU cores.
+# About 55 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")"
 DS="${DEEPSPEC:-deepspec}"
