@@ -135,7 +135,7 @@ def _terms_of_chunk(
 def vocab_terms(
     draft_logits_fn: Callable[..., torch.Tensor],
     draft_inputs: tuple[torch.Tensor, ...],
-    target_hidden: torch.Tensor,
+    target_hidden: torch.Tensor | None,
     target_weight: torch.Tensor,
     *,
     labels: torch.Tensor | None = None,

@@ -174,12 +174,17 @@ class DFlashDraft(DraftModel):
             full[name] = out.index_copy(0, rows, value).view(shape) if rows.numel() else out.view(shape)
         return full
 
+    def slot_weights(self, valid: torch.Tensor, labels: torch.Tensor):
+        """(B, N, γ) supervision and labels → (B·N, γ) mask v, position weights w = w_k·v, and the CE
+        weights: w without labels outside a reduced draft vocabulary (they cannot be learned)."""
+        v = valid.reshape(-1, self.block_size)
+        w = losses.position_weights(self.block_size, self.spec.loss_decay, valid.device) * v
+        return v, w, w * self.in_draft_vocab(labels).reshape_as(w)
+
     def block_loss(self, hidden, labels, prev, target_h, valid) -> DraftLoss:
         terms = self.vocab_rows(hidden, labels, prev, target_h, valid, ("ce", "tv", "correct"), ("ce",))
-        v = valid.reshape(-1, self.block_size)
-        w = losses.position_weights(self.block_size, self.spec.loss_decay, hidden.device) * v
-        # A label outside a reduced draft vocabulary cannot be learned: it leaves the CE mean.
-        loss = losses.weighted_mean(terms["ce"], w * self.in_draft_vocab(labels).reshape_as(w))
+        v, w, w_ce = self.slot_weights(valid, labels)
+        loss = losses.weighted_mean(terms["ce"], w_ce)
         metrics = block_metrics(terms["correct"], 1.0 - terms["tv"].detach(), v)
         metrics.update(loss=loss.detach(), ce=loss.detach())
         return DraftLoss(loss=loss, metrics=metrics)

@@ -59,9 +59,8 @@ class DSparkDraft(DFlashDraft):
         s = self.spec
         grad_terms = ("ce", "tv") if s.tv_weight > 0 else ("ce",)
         terms = self.vocab_rows(hidden, labels, prev, target_h, valid, ("ce", "tv", "correct"), grad_terms)
-        v = valid.reshape(-1, self.block_size)
-        w = losses.position_weights(self.block_size, s.loss_decay, hidden.device) * v
-        ce = losses.weighted_mean(terms["ce"], w * self.in_draft_vocab(labels).reshape_as(w))
+        v, w, w_ce = self.slot_weights(valid, labels)
+        ce = losses.weighted_mean(terms["ce"], w_ce)
         l1 = losses.weighted_mean(2.0 * terms["tv"], w)
         accept = 1.0 - terms["tv"].detach()
         loss = s.ce_weight * ce + (s.tv_weight * l1 if s.tv_weight > 0 else 0.0)

@@ -114,7 +114,7 @@ class Eagle3Draft(DraftModel):
             rows = valid[:, :, i].reshape(-1).nonzero().squeeze(-1)  # only supervised rows cost vocab work
             src = (torch.arange(b, device=dev)[:, None] * t + (pos + 1 + i).clamp(max=t - 1)).reshape(-1)[rows]
             terms = losses.vocab_terms(
-                self._logits, (out.reshape(-1, h)[rows],), final[src], self.target_head.weight,
+                self._logits, (out.reshape(-1, h)[rows],), final[src] if view is None else None, self.target_head.weight,
                 want=("soft_ce", "tv", "correct"), grad_terms=("soft_ce",), draft_ids=self.draft_ids,
                 softcap=self.softcap, target=None if view is None else tuple(x[src] for x in view),
             )

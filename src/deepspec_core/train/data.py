@@ -273,7 +273,7 @@ def _local_dir(model: str, revision: str | None) -> str:
 def init_vocab_mapping(parts: TrainParts, spec: RunSpec) -> None:
     """A reduced draft vocabulary: the most frequent supervised tokens of the training samples."""
     draft = parts.draft
-    if getattr(draft, "draft_head", None) is None or not hasattr(draft, "set_vocab_mapping"):
+    if draft.draft_head is None:
         return
     from deepspec_core.drafts.base import build_vocab_mapping
 
