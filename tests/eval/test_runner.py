@@ -118,27 +118,16 @@ def test_checkpoint_resolution_errors(tmp_path):
         resolve_checkpoint(tmp_path / "empty")
 
 
+def _mbpp_eval_args(run, limit: int, max_new_tokens: int) -> list[str]:
+    """`deepspec eval` arguments for the packaged offline mbpp prompts."""
+    return ["eval", "--draft", str(run), "--benchmarks", "mbpp", "--limit", str(limit),
+            "--data-dir", "packaged", "--max-new-tokens", str(max_new_tokens)]
+
+
 def test_cli_eval(tmp_path, tiny_target):
     run = _run_dir(tmp_path, tiny_target, "dflash")
     cli = CliRunner()
-    res = cli.invoke(
-        app,
-        [
-            "eval",
-            "--draft",
-            str(run),
-            "--benchmarks",
-            "mbpp",
-            "--limit",
-            "1",
-            "--data-dir",
-            "packaged",
-            "--max-new-tokens",
-            "6",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
+    res = cli.invoke(app, [*_mbpp_eval_args(run, limit=1, max_new_tokens=6), "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     assert "τ" in res.output and "mbpp" in res.output
     assert (tmp_path / "o" / "results.json").is_file()
@@ -156,22 +145,7 @@ def test_prompts_split_over_processes_give_the_same_results(tmp_path, tiny_targe
     import sys
 
     run = _run_dir(tmp_path, tiny_target, "eagle3")
-    args = [
-        "eval",
-        "--draft",
-        str(run),
-        "--benchmarks",
-        "mbpp",
-        "--limit",
-        "3",
-        "--data-dir",
-        "packaged",
-        "--temperature",
-        "1",
-        "--max-new-tokens",
-        "8",
-        "--save-outputs",
-    ]
+    args = [*_mbpp_eval_args(run, limit=3, max_new_tokens=8), "--temperature", "1", "--save-outputs"]
     single = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "one")])
     assert single.exit_code == 0, single.output
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
