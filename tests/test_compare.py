@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from deepspec_cli.main import app
 from deepspec_core.compare import compare
+from deepspec_core.decode.rounds import RoundOutcome
 from deepspec_core.errors import DataError
 from deepspec_core.eval.metrics import (
     BenchmarkInfo,
@@ -22,18 +23,22 @@ from deepspec_core.eval.metrics import (
 DOMAIN = {"gsm8k": "math", "math500": "math", "humaneval": "code", "mt-bench": "chat"}
 
 
-def write_result(dir_, name, lengths_by_bench, temperature=1.0, samples=4, speed=None, algorithm="dflash"):
+def write_result(dir_, name, lengths_by_bench, temperature=1.0, samples=4, speed=None, algorithm="dflash",
+                 **protocol_fields):
     k = 3
-    benches = {b: benchmark_result(ls, k, samples=samples, generated_tokens=sum(ls),
+    benches = {b: benchmark_result([RoundOutcome.of(n - 1, k, n) for n in ls], k, samples=samples, turns=samples,
+                                   generated_tokens=sum(ls) + samples,
                                    speed=make_speed(sum(ls), 2.0, 2.0 / speed) if speed else None)
                for b, ls in lengths_by_bench.items()}
-    protocol = Protocol(
+    fields = dict(
         target="tiny", draft=str(dir_ / name / "step_10"), algorithm=algorithm, temperature=temperature,
-        max_new_tokens=64, thinking=False, thinking_source="draft", chat_template_hash="abc", block_size=k,
-        num_draft_tokens=k, seed=0, deepspec_version="0", device="cpu", dtype="float32",
+        max_new_tokens=64, thinking=False, thinking_source="draft", chat_template_hash="abc", all_turns=False,
+        subset_seed=980406, block_size=k, num_draft_tokens=k, seed=0, deepspec_version="0", device="cpu",
+        dtype="float32",
         benchmarks=[BenchmarkInfo(name=b, domain=DOMAIN[b], samples=samples, content_hash=f"h-{b}", source="file")
                     for b in lengths_by_bench],
     )
+    protocol = Protocol(**{**fields, **protocol_fields})
     res = EvalResults(protocol=protocol, benchmarks=benches, macro=macro_average(benches))
     out = dir_ / name / "eval" / "10"
     out.mkdir(parents=True)
@@ -86,6 +91,37 @@ def test_protocol_mismatch_is_refused_with_differences(tmp_path):
     assert "--allow-protocol-mismatch" in info.value.hint
     c, _ = compare([a, b], allow_protocol_mismatch=True)
     assert len(c.mismatches) == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("bonus_token_in_tau", False), ("all_turns", True), ("num_draft_tokens", 2), ("max_new_tokens", 32),
+     ("thinking", True), ("chat_template_hash", "other"), ("subset_seed", 0), ("dtype", "bfloat16")],
+)
+def test_every_field_that_moves_tau_is_compared(tmp_path, field, value):
+    a = write_result(tmp_path, "a", {"gsm8k": [1, 2]})
+    b = write_result(tmp_path, "b", {"gsm8k": [1, 2]}, **{field: value})
+    with pytest.raises(DataError, match=f"{field}: a="):
+        compare([a, b])
+    c, _ = compare([a, b], allow_protocol_mismatch=True)
+    assert any(d.startswith(f"{field}:") for d in c.mismatches)
+
+
+def test_informational_fields_do_not_block_a_comparison(tmp_path):
+    a = write_result(tmp_path, "a", {"gsm8k": [1, 2]}, algorithm="eagle3", seed=0, device="cpu")
+    b = write_result(tmp_path, "b", {"gsm8k": [1, 2]}, algorithm="dspark", seed=7, device="cuda:H200")
+    c, _ = compare([a, b])
+    assert c.mismatches == []
+
+
+def test_results_of_an_older_schema_are_refused(tmp_path):
+    a = write_result(tmp_path, "a", {"gsm8k": [1, 2]})
+    old = json.loads((a / "eval" / "10" / "results.json").read_text())
+    old["schema_version"] = 1
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(DataError, match="schema 1.*never committed") as info:
+        compare([a, tmp_path / "old.json"])
+    assert "re-run `deepspec eval`" in info.value.hint
 
 
 def test_sample_count_difference_is_a_mismatch(tmp_path):

@@ -14,6 +14,10 @@ from deepspec_core.eval.metrics import EvalResults
 console = Console()
 
 
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"  # undefined (no round got there), not 0
+
+
 def render(r: EvalResults) -> list[Table]:
     """τ (and speed) per benchmark; conditional acceptance per draft position."""
     p = r.protocol
@@ -36,7 +40,7 @@ def render(r: EvalResults) -> list[Table]:
         if name == "macro":
             main.add_section()
             pos.add_section()
-        cells = [name, str(res.samples), str(res.rounds), f"{res.tau:.2f}"]
+        cells = [name, str(res.samples), str(res.rounds), _num(res.tau)]
         if speed:
             s = getattr(res, "speed", None)
             if s is not None:
@@ -45,7 +49,7 @@ def render(r: EvalResults) -> list[Table]:
                 cells += ["", "", f"{res.speedup:.2f}×" if getattr(res, "speedup", None) else "–"]
         style = "bold" if name == "macro" else None
         main.add_row(*cells, style=style)
-        pos.add_row(name, *(f"{a:.2f}" for a in res.acceptance_conditional), style=style)
+        pos.add_row(name, *(_num(a) for a in res.acceptance_conditional), style=style)
     return [main, pos]
 
 
@@ -80,7 +84,12 @@ def eval_command(
         "--data-dir",
         help="Directory of <benchmark>.jsonl prompt files ({'turns': [...]}); 'packaged' for the shipped ones.",
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of benchmark subsets and sampling."),
+    seed: int | None = typer.Option(None, "--seed", help="Sampling seed (sample i decodes with seed + i)."),
+    all_turns: bool | None = typer.Option(
+        None,
+        "--all-turns/--first-turn",
+        help="Decode every user turn (mt-bench's second too); default: the first user turn only, as the reference.",
+    ),
     speed: bool = typer.Option(
         False, "--speed", help="Also time target-only decoding of the same prompts and lengths."
     ),
@@ -109,6 +118,7 @@ def eval_command(
         thinking=thinking,
         data_dir=data_dir,
         seed=seed,
+        all_turns=all_turns,
         speed=speed,
         save_outputs=save_outputs,
         out_dir=out,

@@ -15,13 +15,11 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from deepspec_core.errors import DataError
-from deepspec_core.eval.metrics import EvalResults
+from deepspec_core.eval.metrics import SCHEMA_VERSION, EvalResults, Protocol
 from deepspec_core.eval.plots import save_figure
 from deepspec_core.io import atomic_write_json, atomic_write_text
 
 DOMAINS = ("math", "code", "chat")
-# Protocol fields that change τ: a difference in any of them makes numbers incomparable.
-_PROTOCOL_KEYS = ("target", "target_revision", "temperature", "thinking", "max_new_tokens", "chat_template_hash")
 
 
 @dataclass
@@ -37,7 +35,7 @@ class Comparison:
     baseline: str
     benchmarks: list[str]  # rows, grouped by domain
     domains: dict[str, list[str]]  # domain → benchmarks present
-    tau: dict[str, dict[str, float]]  # row (benchmark, domain mean or "macro") → draft → τ
+    tau: dict[str, dict[str, float]]  # row (benchmark, domain mean or "macro") → draft → τ (where defined)
     speedup: dict[str, dict[str, float]]  # same rows, where measured
     mismatches: list[str] = field(default_factory=list)
 
@@ -79,7 +77,15 @@ def load_entries(paths: list[str | Path]) -> list[Entry]:
     for raw in paths:
         file = find_results(Path(raw))
         try:
-            result = EvalResults.model_validate(json.loads(file.read_text()))
+            data = json.loads(file.read_text())
+            version = data.get("schema_version") if isinstance(data, dict) else None
+            if isinstance(version, int) and version != SCHEMA_VERSION:
+                raise DataError(
+                    f"{file} has results schema {version}; this deepspec reads schema {SCHEMA_VERSION}"
+                    + (" (τ then credited tokens that were never committed)" if version < 2 else ""),
+                    "re-run `deepspec eval` on that draft",
+                )
+            result = EvalResults.model_validate(data)
         except (json.JSONDecodeError, ValidationError) as err:
             first = str(err).splitlines()[0]
             raise DataError(f"{file} is not a deepspec results.json: {first}", "regenerate it with `deepspec eval`") from err
@@ -102,7 +108,7 @@ def protocol_differences(entries: list[Entry]) -> list[str]:
         return {b.name: (b.samples, b.content_hash) for b in e.result.protocol.benchmarks}
 
     for e in entries[1:]:
-        for key in _PROTOCOL_KEYS:
+        for key in Protocol.tau_fields():
             a, b = getattr(ref.result.protocol, key), getattr(e.result.protocol, key)
             if a != b:
                 diffs.append(f"{key}: {ref.name}={a!r} vs {e.name}={b!r}")
@@ -144,14 +150,17 @@ def build_comparison(entries: list[Entry], baseline: str | None = None, allow_pr
     speed: dict[str, dict[str, float]] = {}
     for e in entries:
         for b, r in e.result.benchmarks.items():
-            tau.setdefault(b, {})[e.name] = r.tau
+            if r.tau is not None:
+                tau.setdefault(b, {})[e.name] = r.tau
             if r.speed is not None:
                 speed.setdefault(b, {})[e.name] = r.speed.speedup
         for d, members in domains.items():
             vals = [e.result.benchmarks[b].tau for b in members if b in e.result.benchmarks]
-            if vals:
-                tau.setdefault(f"{d} mean", {})[e.name] = sum(vals) / len(vals)
-        tau.setdefault("macro", {})[e.name] = e.result.macro.tau
+            known = [v for v in vals if v is not None]
+            if known:
+                tau.setdefault(f"{d} mean", {})[e.name] = sum(known) / len(known)
+        if e.result.macro.tau is not None:
+            tau.setdefault("macro", {})[e.name] = e.result.macro.tau
         if e.result.macro.speedup is not None:
             speed.setdefault("macro", {})[e.name] = e.result.macro.speedup
     return Comparison(entries, baseline, benchmarks, domains, tau, speed, diffs)
@@ -230,7 +239,9 @@ def plot_comparison(c: Comparison, out_dir: Path) -> list[Path]:
             if not curves:
                 continue
             k = min(len(x) for x in curves)
-            mean = [sum(x[j] for x in curves) / len(curves) for j in range(k)]
+            # Positions no round reached are undefined: a gap in the line, not a 0.
+            known = [[x[j] for x in curves if x[j] is not None] for j in range(k)]
+            mean = [sum(v) / len(v) if v else float("nan") for v in known]
             ax.plot(range(1, k + 1), mean, marker="o", label=e.name)
             ax.set_xticks(range(1, k + 1))
         ax.set_title(d)
@@ -245,7 +256,7 @@ def plot_comparison(c: Comparison, out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) * max(1, len(c.entries)) / 2), 3.6))
     width = 0.8 / len(c.entries)
     for i, e in enumerate(c.entries):
-        vals = [c.tau.get(lbl, {}).get(e.name, 0.0) for lbl in labels]
+        vals = [c.tau.get(lbl, {}).get(e.name, float("nan")) for lbl in labels]
         ax.bar([x + i * width for x in range(len(labels))], vals, width, label=e.name)
     ax.set_xticks([x + width * (len(c.entries) - 1) / 2 for x in range(len(labels))], labels, rotation=30, ha="right")
     ax.set_ylabel("τ (accepted length)")

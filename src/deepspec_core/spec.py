@@ -198,7 +198,10 @@ class EvalSpec(_Section):
     )
     limit: int | None = Field(None, ge=1, description="Samples per benchmark; default: the benchmark's own count.")
     data_dir: str | None = Field(None, description="Directory with <benchmark>.jsonl prompt files ({'turns': [...]}).")
-    seed: int = Field(0, description="Seed for benchmark subsets and sampling.")
+    seed: int = Field(0, description="Sampling seed (sample i decodes with seed + i); subsets use the reference's fixed seed.")
+    all_turns: bool = Field(
+        False, description="Decode every user turn (mt-bench's second); default: the first user turn only, as the reference."
+    )
 
 
 class OutputSpec(_Section):

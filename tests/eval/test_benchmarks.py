@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -69,18 +70,42 @@ def test_livecodebench_wording_round_trips_the_reference_file():
 
 
 @needs_shared
-def test_subsets_are_fixed_seed_and_limit_takes_a_prefix():
+def test_subsets_are_drawn_as_the_reference_draws_them_and_limit_takes_a_prefix():
     full = bm.load_benchmark("gsm8k", SHARED)
     assert len(full) == 500 and full.total == 1319 and full.domain == "math"
-    assert full.turns == bm.load_benchmark("gsm8k", SHARED).turns  # same seed, same subset
+    rows = bm.read_turns_file(SHARED / "gsm8k.jsonl")
+    order = list(range(len(rows)))
+    random.Random(980406).shuffle(order)  # the reference: shuffle the rows, take the first 500
+    assert full.turns == [rows[i][:1] for i in order[:500]]
     assert all(t[0].endswith(bm.MATH_SUFFIX) for t in full.turns)
     head = bm.load_benchmark("gsm8k", SHARED, limit=7)
     assert head.turns == full.turns[:7] and head.content_hash != full.content_hash
-    assert bm.load_benchmark("gsm8k", SHARED, seed=1).turns != full.turns
     small = bm.load_benchmark("aime25", SHARED)
     assert len(small) == 30 and small.turns == bm.read_turns_file(SHARED / "aime25.jsonl")  # all, in order
-    mt = bm.load_benchmark("mt-bench", SHARED, limit=3)
-    assert all(len(t) == 2 for t in mt.turns)
+    # the packaged copies are exactly those selections, so their hashes equal a full-file run's
+    for name in ("gsm8k", "mbpp", "math500", "humaneval", "mt-bench"):
+        assert bm.load_benchmark(name, "packaged").content_hash == bm.load_benchmark(name, SHARED).content_hash
+
+
+def test_the_first_three_gsm8k_prompts_are_the_references():
+    """random.Random(980406).shuffle of gsm8k's 1,319 rows starts with rows 435, 902 and 303."""
+    got = bm.load_benchmark("gsm8k", "packaged", limit=3)
+    assert [t[0][:40] for t in got.turns] == [
+        "Ray had 25 lollipops. He kept 5 lollipop",
+        "The educational shop is selling notebook",
+        "Elise has been selling her Dad's collect",
+    ]
+    order = list(range(1319))
+    random.Random(980406).shuffle(order)
+    assert order[:3] == [435, 902, 303] and bm.select(1319, 500)[:3] == [435, 902, 303]
+
+
+def test_only_the_first_user_turn_is_decoded_unless_all_turns():
+    first = bm.load_benchmark("mt-bench", "packaged", limit=3)
+    both = bm.load_benchmark("mt-bench", "packaged", limit=3, all_turns=True)
+    assert all(len(t) == 1 for t in first.turns) and all(len(t) == 2 for t in both.turns)
+    assert [t[0] for t in first.turns] == [t[0] for t in both.turns]
+    assert first.content_hash != both.content_hash
 
 
 def test_local_file_errors_name_the_line(tmp_path):

@@ -90,10 +90,15 @@ def pipeline(tiny_target, tmp_path_factory):
             max_new_tokens=32,
             data_dir="packaged",
             speed=True,
+            save_outputs=True,
             progress=False,
         )
         times[f"eval {algo}"] = time.perf_counter() - t0
         results[algo] = ev.out_dir / "results.json"
+        sampled = evaluate(res.run_dir, benchmarks="humaneval,mbpp", limit=2, temperature=1.0, max_new_tokens=32,
+                           data_dir="packaged", save_outputs=True, out_dir=ev.out_dir / "t1", progress=False,
+                           plots=False)
+        results[f"{algo} T=1"] = sampled.out_dir / "results.json"
     torch.set_num_threads(threads)
     print("stage seconds:", {k: round(v, 1) for k, v in times.items()})
     return results
@@ -110,3 +115,17 @@ def test_trained_drafts_are_accepted_and_results_are_valid(pipeline, algo):
         assert b.samples == 2 and b.rounds > 0 and b.speed is not None
     print(algo, {n: round(b.tau, 2) for n, b in r.benchmarks.items()}, "speedup", round(r.macro.speedup, 2))
     assert r.macro.tau > 1.0
+
+
+@pytest.mark.parametrize("temperature", ["", " T=1"])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_trained_drafts_are_credited_only_with_committed_tokens(pipeline, algo, temperature):
+    path = pipeline[algo + temperature]
+    r = EvalResults.model_validate_json(path.read_text())
+    for name, b in r.benchmarks.items():
+        rows = [json.loads(line) for line in (path.parent / "outputs" / f"{name}.jsonl").read_text().splitlines()]
+        for row in rows:
+            assert sum(row["accept_lengths"]) + 1 == len(row["generated_ids"])
+        assert b.generated_tokens == sum(len(row["generated_ids"]) for row in rows) == sum(
+            (i + 1) * c for i, c in enumerate(b.accept_length_counts)
+        ) + b.turns

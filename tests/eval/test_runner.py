@@ -78,16 +78,35 @@ def test_evaluate_writes_valid_results_and_auditable_outputs(tmp_path, tiny_targ
     # Saved outputs are auditable: the target alone, greedy, reproduces every generated id.
     loaded = load_draft(run)
     rows = [json.loads(line) for line in (out / "outputs" / "mt-bench.jsonl").read_text().splitlines()]
-    assert [(row["sample"], row["turn"]) for row in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    # Turn 2 is asked after the model's own first answer.
-    assert rows[0]["text"].strip() in loaded.target.tokenizer.decode(rows[1]["prompt_ids"])
+    assert [(row["sample"], row["turn"]) for row in rows] == [(0, 0), (1, 0)]  # first user turn only
+    assert not p.all_turns and p.subset_seed == 980406
     for row in rows:
         ids = torch.tensor([row["prompt_ids"]])
         want = target_generate(
             loaded.target.model, ids, 10, eos_token_ids=[loaded.target.tokenizer.eos_token_id]
         )
         assert row["generated_ids"][: len(want.tokens)] == want.tokens[: len(row["generated_ids"])]
-        assert sum(row["accept_lengths"]) + 1 >= len(row["generated_ids"])
+        # τ counts only committed tokens: every round's tokens plus the one after the prefill
+        assert sum(row["accept_lengths"]) + 1 == len(row["generated_ids"])
+        assert len(row["accepted_drafts"]) == len(row["accept_lengths"])
+        assert (row["confidences"] is not None) == (algo == "dspark")
+    for name, b in r.benchmarks.items():
+        assert b.generated_tokens == sum(
+            sum(row["accept_lengths"]) + 1
+            for row in map(json.loads, (out / "outputs" / f"{name}.jsonl").read_text().splitlines())
+        )
+
+
+def test_all_turns_decodes_the_second_turn_after_the_models_own_answer(tmp_path, tiny_target):
+    run = _run_dir(tmp_path, tiny_target, "dflash")
+    res = evaluate(run, benchmarks="mt-bench", limit=1, data_dir="packaged", all_turns=True, save_outputs=True,
+                   out_dir=tmp_path / "ev", progress=False, plots=False)
+    assert res.results.protocol.all_turns and res.results.benchmarks["mt-bench"].turns == 2
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "outputs" / "mt-bench.jsonl").read_text().splitlines()]
+    assert [(row["sample"], row["turn"]) for row in rows] == [(0, 0), (0, 1)]
+    tok = load_draft(run).target.tokenizer
+    assert rows[0]["text"].strip() in tok.decode(rows[1]["prompt_ids"])
+    assert all(sum(row["accept_lengths"]) + 1 == len(row["generated_ids"]) for row in rows)
 
 
 def test_overrides_are_recorded(tmp_path, tiny_target):

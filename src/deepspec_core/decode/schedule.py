@@ -69,12 +69,16 @@ def fit_sts(
 
 
 def calibration_rounds(generations: Sequence[object]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Held-out decoding results (``Generation`` with confidences) → conf (N, k), accepted (N,)."""
+    """Held-out decoding results (``Generation`` with confidences) → conf (N, k), accepted (N,).
+
+    Rounds cut short by EOS or ``max_new_tokens`` are left out: their later positions were never
+    judged, so they carry no label there."""
     conf, accepted = [], []
     for g in generations:
-        for c, n in zip(g.confidences, g.accept_lengths, strict=True):  # type: ignore[attr-defined]
-            conf.append(c)
-            accepted.append(n - 1)
+        for c, o in zip(g.confidences, g.outcomes, strict=True):  # type: ignore[attr-defined]
+            if o.judged == len(c):
+                conf.append(c)
+                accepted.append(o.accepted)
     if not conf:
         raise ValueError("no rounds with confidences: calibrate a draft with a confidence head (DSpark)")
     return torch.tensor(conf, dtype=torch.float64), torch.tensor(accepted)

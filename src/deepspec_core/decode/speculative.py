@@ -4,7 +4,9 @@ One round: the draft proposes k tokens after the last committed token; the targe
 [last, d_1..d_k] in ONE forward pass with its KV cache (through ``capture_features``, so the draft
 gets exactly the features it was trained on); the verification rule keeps j drafted tokens and
 yields one more (corrected at the first rejection, or the bonus token from p_{k+1}); the target
-cache is cropped to the kept tokens and the draft ingests them. A round commits j + 1 tokens.
+cache is cropped to the kept tokens and the draft ingests them. A round commits j + 1 tokens,
+fewer when the output ends inside it (an accepted EOS, or ``max_new_tokens``): τ counts only what
+was committed (:mod:`deepspec_core.decode.rounds`).
 
 Verification rules are pure functions of tensors (testable on their own). Lossless at T > 0
 (Leviathan et al. 2023): accept x_j with probability min(1, p_j(x_j)/q_j(x_j)) using the exact fp32
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepspec_core.decode.rounds import RoundOutcome
 from deepspec_core.targets.hf import capture_features, get_lm_head, text_config
 
 # -- verification rules (pure) -----------------------------------------------------------------
@@ -153,14 +156,18 @@ def crop_cache(cache: Any, tokens_to_remove: int) -> None:
 @dataclass
 class Generation:
     tokens: list[int]  # new tokens (EOS included when hit), at most max_new_tokens
-    accept_lengths: list[int] = field(default_factory=list)  # per round: tokens committed, bonus included
-    confidences: list[list[float]] = field(
-        default_factory=list
-    )  # per round, when the draft reports them (DSpark)
+    outcomes: list[RoundOutcome] = field(default_factory=list)  # per verification round
+    # per round, when the draft reports them (DSpark): one confidence per drafted slot
+    confidences: list[list[float]] = field(default_factory=list)
+
+    @property
+    def accept_lengths(self) -> list[int]:
+        """Tokens each round committed, the bonus / corrected token included: sum + 1 == len(tokens)."""
+        return [o.committed for o in self.outcomes]
 
     @property
     def rounds(self) -> int:
-        return len(self.accept_lengths)
+        return len(self.outcomes)
 
 
 def _finish(tokens: list[int], max_new_tokens: int, eos: set[int]) -> tuple[list[int], bool]:
@@ -235,12 +242,13 @@ def speculative_generate(
         verdict = verify_fn(prop, lm_logits(model, feats.final_hidden), temperature, generator)
         n = int(verdict.num_accepted[0])
         crop_cache(cache, k - n)  # keep last + the n accepted drafts
-        gen.accept_lengths.append(n + 1)
         if prop.confidences is not None:
             gen.confidences.append(prop.confidences[0].float().tolist())
+        before = len(gen.tokens)
         gen.tokens, done = _finish(
             gen.tokens + prop.tokens[0, :n].tolist() + [int(verdict.next_token[0])], max_new_tokens, eos
         )
+        gen.outcomes.append(RoundOutcome.of(n, prop.tokens.shape[1], len(gen.tokens) - before))
         if done:
             return gen
         draft.commit(block[:, : n + 1], feats.aux_hidden[:, : n + 1])

@@ -4,11 +4,16 @@ Each benchmark reads ``<data_dir>/<name>.jsonl`` (one ``{"turns": [str, ...]}`` 
 of the reference's prompt files) when a data directory is given and has the file, and otherwise
 fetches its public hub source through ``datasets`` and words the prompts exactly as those files do.
 ``data_dir="packaged"`` reads the copies shipped with deepspec (``assets/eval_prompts``: gsm8k,
-math500, humaneval, mbpp, lbpp and mt-bench, each already the seed-0 subset of the reference file, so their
-content hashes equal a full-file run's) — what the demo and offline tests use.
-When a benchmark has more prompts than its sample count, a random subset is drawn with a fixed
-seed (and kept in file order); ``limit`` then takes the first N of that subset, so a limited run
-evaluates a prefix of the full run's prompts.
+math500, humaneval, mbpp, lbpp and mt-bench, each already the reference's subset of its file, in
+the reference's order, so their content hashes equal a full-file run's) — what the demo and
+offline tests use.
+
+Selection follows the reference's evaluation (DeepSpec ``eval.py``): when a file has more prompts
+than the benchmark's sample count, ``random.Random(980406).shuffle(rows)`` and the first N, in that
+shuffled order; otherwise every row in file order. ``limit`` then takes the first N of the
+selection, so a limited run evaluates a prefix of the full run's prompts. Only the first user turn
+of each row is decoded (mt-bench included) unless ``all_turns``; the content hash covers exactly
+the turns decoded.
 
 Hub sources (dataset id, config, split → field):
 
@@ -225,11 +230,17 @@ def content_hash(turns: list[list[str]]) -> str:
     return hashlib.sha256(json.dumps(turns, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
-def select(n_total: int, n: int, seed: int) -> list[int]:
-    """Indices of a fixed-seed random subset of size n (all of them when n ≥ total), in file order."""
+SUBSET_SEED = 980406  # the reference's evaluation seed, which also draws its subsets
+
+
+def select(n_total: int, n: int, seed: int = SUBSET_SEED) -> list[int]:
+    """Row indices the reference evaluates: all rows in file order when n ≥ total, else the first n
+    of ``random.Random(seed).shuffle`` of the rows, in shuffled order."""
     if n >= n_total:
         return list(range(n_total))
-    return sorted(random.Random(seed).sample(range(n_total), n))
+    order = list(range(n_total))
+    random.Random(seed).shuffle(order)
+    return order[:n]
 
 
 def packaged_prompts_dir() -> Path:
@@ -240,9 +251,15 @@ def packaged_prompts_dir() -> Path:
 
 
 def load_benchmark(
-    name: str, data_dir: Path | str | None = None, limit: int | None = None, seed: int = 0
+    name: str,
+    data_dir: Path | str | None = None,
+    limit: int | None = None,
+    all_turns: bool = False,
+    subset_seed: int = SUBSET_SEED,
 ) -> BenchmarkPrompts:
-    """The prompts of benchmark ``name``: from ``data_dir/<name>.jsonl`` if present, else the hub."""
+    """The prompts of benchmark ``name``: from ``data_dir/<name>.jsonl`` if present, else the hub.
+
+    Raises DataError for a missing directory, a malformed file or an unreachable hub source."""
     bench = get_benchmark(name)
     if str(data_dir) == "packaged":
         data_dir = packaged_prompts_dir()
@@ -252,14 +269,14 @@ def load_benchmark(
             f"--data-dir {data_dir} is not a directory", "give the directory holding <benchmark>.jsonl files"
         )
     if path is not None and path.is_file():
-        all_turns, source = read_turns_file(path), str(path)
+        rows, source = read_turns_file(path), str(path)
     else:
-        all_turns, source = fetch_turns(bench), f"hub:{bench.source.describe()}"
-    idx = select(len(all_turns), bench.num_samples, seed)
+        rows, source = fetch_turns(bench), f"hub:{bench.source.describe()}"
+    idx = select(len(rows), bench.num_samples, subset_seed)
     if limit is not None:
         idx = idx[:limit]
-    turns = [all_turns[i] for i in idx]
-    return BenchmarkPrompts(name, bench.domain, turns, source, len(all_turns), content_hash(turns))
+    turns = [rows[i] if all_turns else rows[i][:1] for i in idx]
+    return BenchmarkPrompts(name, bench.domain, turns, source, len(rows), content_hash(turns))
 
 
 def parse_benchmarks(spec: str | list[str] | None) -> list[str]:

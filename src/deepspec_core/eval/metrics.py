@@ -1,9 +1,13 @@
 """Acceptance statistics and the schema of ``results.json``.
 
-Convention (REFERENCE §1): a verification round commits L = accepted drafted tokens + 1 tokens
-(the corrected or bonus token counts), so 1 ≤ L ≤ k + 1, and τ = mean L pooled over all rounds of
-a benchmark. Per position j = 1..k: *unconditional* acceptance P(L − 1 ≥ j) (survival) and
-*conditional* P(L − 1 ≥ j | L − 1 ≥ j − 1). The macro block averages benchmarks with equal weight.
+Convention (docs/evaluation.md): a verification round commits L tokens — the accepted drafts plus
+the corrected or bonus token, fewer when the output ends inside the round (an accepted EOS: no
+bonus after it; ``max_new_tokens``: what was kept) — so 1 ≤ L ≤ k + 1 and τ = mean L pooled over
+all rounds of a benchmark (:class:`~deepspec_core.decode.rounds.RoundOutcome`). Per position
+j = 1..k, over the rounds that *judged* j (a round cut by EOS or ``max_new_tokens`` judges only
+the positions it committed): *unconditional* P(draft j accepted) and *conditional*
+P(draft j accepted | drafts 1..j−1 accepted). A ratio with no round behind it is null, never 0;
+a benchmark with no rounds has no τ. The macro block averages benchmarks with equal weight.
 The pydantic models below ARE the schema: ``EvalResults.model_json_schema()`` prints it and every
 results.json this package writes is validated against it before it is written.
 """
@@ -14,7 +18,9 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 1
+from deepspec_core.decode.rounds import RoundOutcome
+
+SCHEMA_VERSION = 2
 
 
 class _Model(BaseModel):
@@ -29,30 +35,55 @@ class BenchmarkInfo(_Model):
     source: str = Field(description="file read or hub source fetched")
 
 
+# Marks a protocol field that does not change τ (what is evaluated, where, by which version):
+# compare never requires it to match. Every other field does, so a new field is compared by default.
+INFORMATIONAL = {"informational": True}
+
+
 class Protocol(_Model):
     """Everything that changes τ: results with different protocols are not comparable."""
 
     target: str = Field(description="hub id or resolved directory of the target")
     target_revision: str | None = None
-    draft: str = Field(description="checkpoint directory evaluated")
-    algorithm: str
+    draft: str = Field(description="checkpoint directory evaluated", json_schema_extra=INFORMATIONAL)
+    algorithm: str = Field(json_schema_extra=INFORMATIONAL)
     temperature: float = Field(ge=0)
     max_new_tokens: int = Field(ge=1)
     thinking: bool
     thinking_source: str = Field(
-        description="'draft' when taken from the draft's training spec, else 'override'"
+        description="'draft' when taken from the draft's training spec, else 'override'",
+        json_schema_extra=INFORMATIONAL,
     )
     chat_template_hash: str
-    block_size: int | None = None
-    ttt_length: int | None = None
+    all_turns: bool = Field(
+        description="every user turn decoded (answering the model's own earlier answers); "
+        "false: the first user turn only, as the reference"
+    )
+    subset_seed: int = Field(
+        description="seed of random.Random(seed).shuffle(rows) that picks a benchmark's first N prompts"
+    )
+    block_size: int | None = Field(None, json_schema_extra=INFORMATIONAL)
+    ttt_length: int | None = Field(None, json_schema_extra=INFORMATIONAL)
     num_draft_tokens: int = Field(ge=1)
     chain_drafting: bool = True
     bonus_token_in_tau: bool = True
-    seed: int
-    benchmarks: list[BenchmarkInfo]
-    deepspec_version: str
-    device: str
+    seed: int = Field(
+        description="sampling seed (sample i decodes with seed + i): noise, not bias",
+        json_schema_extra=INFORMATIONAL,
+    )
+    benchmarks: list[BenchmarkInfo] = Field(
+        description="compared by name, sample count and content hash", json_schema_extra=INFORMATIONAL
+    )
+    deepspec_version: str = Field(json_schema_extra=INFORMATIONAL)
+    device: str = Field(json_schema_extra=INFORMATIONAL)
     dtype: str
+
+    @classmethod
+    def tau_fields(cls) -> list[str]:
+        """The fields two results must agree on to be compared (all but the informational ones)."""
+        return [
+            name for name, f in cls.model_fields.items() if not (f.json_schema_extra or {}).get("informational")
+        ]
 
 
 class Speed(_Model):
@@ -65,15 +96,19 @@ class Speed(_Model):
 
 
 class Acceptance(_Model):
-    tau: float = Field(ge=1.0, description="mean committed tokens per verification round, bonus included")
+    tau: float | None = Field(
+        ge=1.0, description="mean committed tokens per verification round, bonus included; null: no round ran"
+    )
     rounds: int = Field(ge=0)
-    acceptance_unconditional: list[float] = Field(
-        description="P(at least j drafted tokens accepted), j = 1..k"
+    acceptance_unconditional: list[float | None] = Field(
+        description="P(draft j accepted) over the rounds that judged position j, j = 1..k; null: none did"
     )
-    acceptance_conditional: list[float] = Field(
-        description="P(token j accepted | tokens 1..j-1 accepted), j = 1..k"
+    acceptance_conditional: list[float | None] = Field(
+        description="P(draft j accepted | drafts 1..j-1 accepted), j = 1..k; null: no round got that far"
     )
-    accept_length_frac: list[float] = Field(description="fraction of rounds committing L tokens, L = 1..k+1")
+    accept_length_frac: list[float] = Field(
+        description="fraction of rounds committing L tokens, L = 1..k+1 (all 0 when no round ran)"
+    )
 
     @model_validator(mode="after")
     def _lengths(self) -> Acceptance:
@@ -85,13 +120,29 @@ class Acceptance(_Model):
 
 class BenchmarkResult(Acceptance):
     samples: int = Field(ge=0)
-    generated_tokens: int = Field(ge=0)
+    turns: int = Field(ge=0, description="turns decoded (each starts with one token picked after the prefill)")
+    generated_tokens: int = Field(ge=0, description="= sum of committed tokens over rounds + turns")
     accept_length_counts: list[int] = Field(description="rounds committing L tokens, L = 1..k+1")
+    position_judged: list[int] = Field(description="rounds that judged draft position j, j = 1..k")
+    position_reached: list[int] = Field(
+        description="rounds that judged position j with drafts 1..j-1 accepted (conditional denominators)"
+    )
+    position_accepted: list[int] = Field(description="rounds that committed draft j as accepted, j = 1..k")
     speed: Speed | None = None
+
+    @model_validator(mode="after")
+    def _counts(self) -> BenchmarkResult:
+        k = len(self.acceptance_unconditional)
+        if not len(self.position_judged) == len(self.position_reached) == len(self.position_accepted) == k:
+            raise ValueError("per-position counts must have k entries")
+        if len(self.accept_length_counts) != k + 1 or sum(self.accept_length_counts) != self.rounds:
+            raise ValueError("accept_length_counts must have k + 1 entries summing to rounds")
+        return self
 
 
 class MacroResult(Acceptance):
     samples: int = Field(ge=0)
+    benchmarks_with_rounds: int = Field(ge=0, description="benchmarks averaged (those where a round ran)")
     speedup: float | None = Field(None, description="mean of the benchmarks' speedups when --speed")
 
 
@@ -102,74 +153,103 @@ class EvalResults(_Model):
     macro: MacroResult
 
 
-def length_counts(lengths: Sequence[int], k: int) -> list[int]:
-    """Rounds per committed length L = 1..k+1."""
-    counts = [0] * (k + 1)
-    for n in lengths:
-        if not 1 <= n <= k + 1:
-            raise ValueError(f"accepted length {n} outside 1..{k + 1}")
-        counts[n - 1] += 1
-    return counts
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
 
 
-def acceptance_from_counts(counts: Sequence[int]) -> dict[str, object]:
-    """τ and per-position acceptance from a length histogram (index i = L − 1)."""
-    k = len(counts) - 1
-    rounds = int(sum(counts))
-    if rounds == 0:
-        return {
-            "tau": 1.0,
-            "rounds": 0,
-            "acceptance_unconditional": [0.0] * k,
-            "acceptance_conditional": [0.0] * k,
-            "accept_length_frac": [0.0] * (k + 1),
-        }
-    tau = sum((i + 1) * c for i, c in enumerate(counts)) / rounds
-    # survival[j] = rounds whose accepted drafted tokens (L − 1) are ≥ j
-    survival = [sum(counts[j:]) for j in range(k + 1)]
-    uncond = [survival[j] / rounds for j in range(1, k + 1)]
-    cond = [survival[j] / survival[j - 1] if survival[j - 1] else 0.0 for j in range(1, k + 1)]
+def acceptance_counts(outcomes: Sequence[RoundOutcome], k: int) -> dict[str, list[int]]:
+    """Histogram of committed lengths and per-position counts (judged / reached / accepted).
+
+    Raises ValueError for a round outside the k-token chain (committed ∉ 1..k+1, judged > k).
+    """
+    lengths = [0] * (k + 1)
+    judged, reached, accepted = [0] * k, [0] * k, [0] * k
+    for o in outcomes:
+        if not 1 <= o.committed <= k + 1 or o.judged > k:
+            raise ValueError(f"round {o} does not fit a chain of k = {k} drafted tokens")
+        lengths[o.committed - 1] += 1
+        for j in range(o.judged):  # position j + 1
+            judged[j] += 1
+            reached[j] += o.accepted >= j
+            accepted[j] += o.accepted > j
     return {
-        "tau": tau,
+        "accept_length_counts": lengths,
+        "position_judged": judged,
+        "position_reached": reached,
+        "position_accepted": accepted,
+    }
+
+
+def acceptance_from_counts(counts: dict[str, list[int]]) -> dict[str, object]:
+    """τ and per-position acceptance from :func:`acceptance_counts` (undefined ratios are None)."""
+    lengths = counts["accept_length_counts"]
+    rounds = sum(lengths)
+    return {
+        "tau": _ratio(sum((i + 1) * c for i, c in enumerate(lengths)), rounds),
         "rounds": rounds,
-        "acceptance_unconditional": uncond,
-        "acceptance_conditional": cond,
-        "accept_length_frac": [c / rounds for c in counts],
+        "acceptance_unconditional": [
+            _ratio(a, n) for a, n in zip(counts["position_accepted"], counts["position_judged"], strict=True)
+        ],
+        "acceptance_conditional": [
+            _ratio(a, n) for a, n in zip(counts["position_accepted"], counts["position_reached"], strict=True)
+        ],
+        "accept_length_frac": [c / rounds if rounds else 0.0 for c in lengths],
     }
 
 
 def benchmark_result(
-    lengths: Sequence[int], k: int, samples: int, generated_tokens: int, speed: Speed | None = None
+    outcomes: Sequence[RoundOutcome],
+    k: int,
+    samples: int,
+    turns: int,
+    generated_tokens: int,
+    speed: Speed | None = None,
 ) -> BenchmarkResult:
-    counts = length_counts(lengths, k)
+    """Pool the rounds of one benchmark. Raises ValueError when the tokens do not add up
+    (``generated_tokens`` must equal the committed tokens plus one per turn)."""
+    committed = sum(o.committed for o in outcomes)
+    if committed + turns != generated_tokens:
+        raise ValueError(
+            f"{generated_tokens} generated tokens ≠ {committed} committed in rounds + {turns} turns"
+        )
+    counts = acceptance_counts(outcomes, k)
     return BenchmarkResult(
         **acceptance_from_counts(counts),
+        **counts,
         samples=samples,
+        turns=turns,
         generated_tokens=generated_tokens,
-        accept_length_counts=counts,
         speed=speed,
     )
 
 
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
 def macro_average(results: dict[str, BenchmarkResult]) -> MacroResult:
-    """Equal-weight mean over benchmarks (a benchmark with no rounds still counts: its τ is 1)."""
+    """Equal-weight mean over the benchmarks where a round ran (a benchmark with no rounds has no τ
+    and is left out, as is a position no round of a benchmark reached)."""
     rs = list(results.values())
     if not rs:
         raise ValueError("no benchmark results to average")
-    n = len(rs)
+    ran = [r for r in rs if r.rounds]
+    k = len(rs[0].acceptance_unconditional)
 
-    def mean_list(attr: str) -> list[float]:
-        return [sum(vals) / n for vals in zip(*(getattr(r, attr) for r in rs), strict=True)]
+    def per_position(attr: str) -> list[float | None]:
+        return [_mean([getattr(r, attr)[j] for r in ran]) for j in range(k)]
 
     speeds = [r.speed.speedup for r in rs if r.speed is not None]
     return MacroResult(
-        tau=sum(r.tau for r in rs) / n,
+        tau=_mean([r.tau for r in ran]),
         rounds=sum(r.rounds for r in rs),
         samples=sum(r.samples for r in rs),
-        acceptance_unconditional=mean_list("acceptance_unconditional"),
-        acceptance_conditional=mean_list("acceptance_conditional"),
-        accept_length_frac=mean_list("accept_length_frac"),
-        speedup=sum(speeds) / len(speeds) if len(speeds) == n else None,
+        benchmarks_with_rounds=len(ran),
+        acceptance_unconditional=per_position("acceptance_unconditional"),
+        acceptance_conditional=per_position("acceptance_conditional"),
+        accept_length_frac=[_mean([r.accept_length_frac[i] for r in ran]) or 0.0 for i in range(k + 1)],
+        speedup=sum(speeds) / len(speeds) if speeds and len(speeds) == len(rs) else None,
     )
 
 

@@ -23,13 +23,14 @@ def _title(r: EvalResults) -> str:
 
 def plot_acceptance(results: EvalResults, path: Path | str) -> Path:
     """Conditional acceptance P(token j accepted | 1..j−1 accepted) per draft position, one line per
-    benchmark (0 where no round got that far)."""
+    benchmark; a position no round reached is left out (undefined, not 0)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, r in [*results.benchmarks.items(), ("macro", results.macro)]:
         xs = list(range(1, len(r.acceptance_conditional) + 1))
+        ys = [float("nan") if a is None else a for a in r.acceptance_conditional]
         style = {"color": "black", "linewidth": 2.5} if name == "macro" else {"linewidth": 1.2, "alpha": 0.85}
-        ax.plot(xs, r.acceptance_conditional, marker="o", markersize=3, label=name, **style)
+        ax.plot(xs, ys, marker="o", markersize=3, label=name, **style)
     ax.set_xticks(range(1, results.protocol.num_draft_tokens + 1))
     ax.set_xlabel("draft position j")
     ax.set_ylabel("conditional acceptance")
@@ -45,6 +46,7 @@ def plot_tau(results: EvalResults, path: Path | str) -> Path:
     plt = _pyplot()
     names = [*results.benchmarks, "macro"]
     taus = [r.tau for r in results.benchmarks.values()] + [results.macro.tau]
+    taus = [float("nan") if t is None else t for t in taus]  # no rounds: no bar
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 2), 4.2))
     bars = ax.bar(names, taus, color=["#4c72b0"] * (len(names) - 1) + ["#333333"])
     ax.bar_label(bars, fmt="%.2f", fontsize=8)

@@ -1,9 +1,10 @@
 """``evaluate(...)``: decode every benchmark prompt speculatively, measure τ (and speed), write results.
 
-Protocol (REFERENCE §6): chat template of the user turns, generation prompt on, no system prompt,
-thinking mode as the draft was trained (``target.thinking`` of its spec) unless overridden;
-mt-bench's second turn follows the model's own first answer. Sample i of a benchmark decodes with
-a generator seeded ``seed + i``, so a ``--limit`` run reproduces a prefix of the full run.
+Protocol (docs/evaluation.md, after the reference's eval): chat template of the first user turn,
+generation prompt on, no system prompt, thinking mode as the draft was trained (``target.thinking``
+of its spec) unless overridden; with ``all_turns`` every user turn is decoded, each after the
+model's own earlier answers. Sample i of a benchmark decodes with a generator seeded ``seed + i``,
+so a ``--limit`` run reproduces a prefix of the full run.
 
 With ``speed`` on, each prompt is decoded speculatively (timed) and then by the target alone for
 exactly as many tokens (timed, EOS ignored), in the same process, after a warm-up of both.
@@ -31,6 +32,7 @@ from rich.progress import (
 from rich.text import Text
 
 from deepspec_core import __version__
+from deepspec_core.decode.rounds import RoundOutcome
 from deepspec_core.decode.speculative import Generation, speculative_generate, target_generate
 from deepspec_core.errors import CheckpointError
 from deepspec_core.eval import benchmarks as bm
@@ -164,13 +166,15 @@ class EvalSettings:
     num_draft_tokens: int
     thinking: bool
     seed: int = 0
+    all_turns: bool = False
     speed: bool = False
     save_outputs: bool = False
 
 
 @dataclass
 class BenchmarkRun:
-    lengths: list[int] = field(default_factory=list)
+    outcomes: list[RoundOutcome] = field(default_factory=list)
+    turns: int = 0
     generated: int = 0
     spec_seconds: float = 0.0
     target_seconds: float = 0.0
@@ -195,7 +199,7 @@ def run_benchmark(
     advance: Any = None,
     indices: list[int] | None = None,
 ) -> BenchmarkRun:
-    """Decode the prompts (all their turns) of one benchmark at ``indices`` (default: all);
+    """Decode the prompts of one benchmark (each turn they hold) at ``indices`` (default: all);
     ``advance()`` is called per sample."""
     model, tok, draft = loaded.target.model, loaded.target.tokenizer, loaded.draft
     device = loaded.target.device
@@ -231,7 +235,8 @@ def run_benchmark(
                 g,
                 eos,
             )
-            out.lengths += res.accept_lengths
+            out.outcomes += res.outcomes
+            out.turns += 1
             out.generated += len(res.tokens)
             if s.speed:
                 # Same prompt, same number of tokens, EOS ignored: only the method differs.
@@ -252,6 +257,8 @@ def run_benchmark(
                         "generated_ids": res.tokens,
                         "text": text,
                         "accept_lengths": res.accept_lengths,
+                        "accepted_drafts": [o.accepted for o in res.outcomes],
+                        "confidences": res.confidences or None,
                     }
                 )
         if advance is not None:
@@ -286,6 +293,8 @@ def _protocol(
         thinking=s.thinking,
         thinking_source=thinking_source,
         chat_template_hash=chat_template_hash(t.tokenizer),
+        all_turns=s.all_turns,
+        subset_seed=bm.SUBSET_SEED,
         block_size=getattr(d, "block_size", None),
         ttt_length=getattr(d, "ttt_length", None),
         num_draft_tokens=s.num_draft_tokens,
@@ -318,6 +327,7 @@ def evaluate(
     thinking: bool | None = None,
     data_dir: str | Path | None = None,
     seed: int | None = None,
+    all_turns: bool | None = None,
     speed: bool = False,
     save_outputs: bool = False,
     out_dir: str | Path | None = None,
@@ -338,6 +348,7 @@ def evaluate(
         num_draft_tokens=num_draft_tokens or loaded.spec.num_draft_tokens(),
         thinking=loaded.spec.target.thinking if thinking is None else thinking,
         seed=ev.seed if seed is None else seed,
+        all_turns=ev.all_turns if all_turns is None else all_turns,
         speed=speed,
         save_outputs=save_outputs,
     )
@@ -348,7 +359,7 @@ def evaluate(
         )
     thinking_source = "draft" if thinking is None or thinking == loaded.spec.target.thinking else "override"
     out = Path(out_dir).expanduser() if out_dir else default_out_dir(loaded)
-    prompts = [bm.load_benchmark(n, data_dir or ev.data_dir, limit or ev.limit, s.seed) for n in names]
+    prompts = [bm.load_benchmark(n, data_dir or ev.data_dir, limit or ev.limit, s.all_turns) for n in names]
     per: dict[str, mt.BenchmarkResult] = {}
     files: list[Path] = []
     with _progress(progress and env.is_main) as bar:
@@ -363,7 +374,9 @@ def evaluate(
                 if speed and run.timed_tokens
                 else None
             )
-            per[p.name] = mt.benchmark_result(run.lengths, s.num_draft_tokens, len(p), run.generated, speed_)
+            per[p.name] = mt.benchmark_result(
+                run.outcomes, s.num_draft_tokens, len(p), run.turns, run.generated, speed_
+            )
             if save_outputs and env.is_main:
                 path = out / "outputs" / f"{p.name}.jsonl"
                 atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in run.outputs))
@@ -390,7 +403,8 @@ def _gather(run: BenchmarkRun) -> BenchmarkRun:
     dist.all_gather_object(parts, run)
     merged = BenchmarkRun()
     for r in parts:
-        merged.lengths += r.lengths
+        merged.outcomes += r.outcomes
+        merged.turns += r.turns
         merged.generated += r.generated
         merged.spec_seconds += r.spec_seconds
         merged.target_seconds += r.target_seconds
