@@ -146,3 +146,19 @@ def test_cli(runs, tmp_path):
     assert "run-b" in res.output and "macro" in res.output and "report.md" in res.output
     res = CliRunner().invoke(app, ["compare", str(tmp_path / "missing")])
     assert res.exit_code == 1 and "no results.json" in res.output
+
+
+def test_replicas_give_a_mean_and_its_spread(tmp_path):
+    a = [write_result(tmp_path, f"a{i}", {"gsm8k": ls}) for i, ls in enumerate(([1, 1], [2, 2], [3, 3]))]
+    b = write_result(tmp_path, "b", {"gsm8k": [4, 4]})
+    c, written = compare([a, b], out_dir=tmp_path / "cmp")
+    assert c.tau["gsm8k"] == {"a0": pytest.approx(2.0), "b": 4.0}
+    assert c.spread["gsm8k"] == {"a0": pytest.approx(1.0)} and c.spread["macro"]["a0"] == pytest.approx(1.0)
+    assert c.tau_text("gsm8k", "a0") == "2.00 ± 1.00" and c.tau_text("gsm8k", "b") == "4.00"
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "| gsm8k | 2.00 ± 1.00 | 4.00 (+100.0%) |" in report and "over 3 replicas" in report
+    res = CliRunner().invoke(app, ["compare", ",".join(map(str, a)), str(b)])
+    assert res.exit_code == 0 and "2.00 ± 1.00" in res.output
+    other = write_result(tmp_path, "a3", {"gsm8k": [2, 2]}, temperature=0.0)
+    with pytest.raises(DataError, match="temperature: a0=1.0 vs a0#1=0.0"):
+        compare([[a[0], other], b])

@@ -36,3 +36,49 @@ def test_smoke_demo_end_to_end_and_rerun_reuses_stages(tiny_target, tmp_path):
 def test_unknown_budget():
     with pytest.raises(SpecError, match="unknown --budget 'huge'"):
         run_demo("unused", "huge")
+
+
+def _tau_content(results_json) -> dict:
+    """results.json without what legitimately differs between two runs: wall-clock timings and the
+    absolute paths of the home directory."""
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in ("speed", "speedup", "target", "draft")}
+        return [strip(v) for v in x] if isinstance(x, list) else x
+
+    return strip(json.loads(results_json.read_text()))
+
+
+def test_the_same_command_gives_the_same_numbers_in_fresh_homes(tiny_target, tmp_path):
+    """`deepspec demo --budget smoke --seeds 2`, twice, each in a fresh DEEPSPEC_HOME and process:
+    identical regenerated data and results (sampled regen is seeded per conversation; training and
+    eval are seeded), and the table shows τ as mean ± sd over the two training seeds."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    outs = []
+    for i in range(2):
+        home = tmp_path / f"home{i}"
+        # The quick target's build is deterministic (tests/targets/test_tiny.py); reuse it.
+        shutil.copytree(tiny_target, home / "targets" / tiny_target.name)
+        out = tmp_path / f"demo{i}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "deepspec_cli.main", "demo", "--budget", "smoke", "--seeds", "2", "--out", str(out)],
+            env={**os.environ, "DEEPSPEC_HOME": str(home), "COLUMNS": "200"},
+            capture_output=True, text=True, timeout=900,
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert " ± " in proc.stdout and "replicas" in proc.stdout
+        outs.append(out)
+    a, b = outs
+    regen = [json.loads(line)["messages"] for line in (a / "data" / "train.regen.jsonl").read_text().splitlines()]
+    assert regen == [json.loads(line)["messages"]
+                     for line in (b / "data" / "train.regen.jsonl").read_text().splitlines()]
+    runs = sorted(p.relative_to(a) for p in a.glob("runs/demo/*/eval/*/results.json"))
+    assert len(runs) == 2 * len(ALGOS)
+    for rel in runs:
+        assert _tau_content(a / rel) == _tau_content(b / rel), rel
+    report = (a / "compare" / "report.md").read_text()
+    assert "mean ± sample sd over 2 replicas" in report

@@ -19,7 +19,8 @@ def render(c: Comparison) -> Table:
     p = c.entries[0].result.protocol
     table = Table(
         title=f"τ (bonus token included) — target {Path(p.target).name or p.target}, T={p.temperature}, "
-        f"thinking {'on' if p.thinking else 'off'}; gain vs {c.baseline}",
+        f"k={p.num_draft_tokens}, thinking {'on' if p.thinking else 'off'}; gain vs {c.baseline}",
+        caption=c.replica_note() or None,
     )
     table.add_column("benchmark")
     for n in names:
@@ -29,9 +30,8 @@ def render(c: Comparison) -> Table:
             table.add_section()  # benchmarks | domain means | macro
         cells = []
         for n in names:
-            v = c.tau.get(row, {}).get(n)
             g = c.gain(row, n) if n != c.baseline else None
-            cells.append("–" if v is None else f"{v:.2f}" + (f" [dim]({g:+.1%})[/]" if g is not None else ""))
+            cells.append(c.tau_text(row, n) + (f" [dim]({g:+.1%})[/]" if g is not None else ""))
         table.add_row(row, *cells, style="bold" if row == "macro" else None)
     if "macro" in c.speedup:
         table.add_section()
@@ -41,7 +41,11 @@ def render(c: Comparison) -> Table:
 
 @handle_errors
 def compare_command(
-    results: list[str] = typer.Argument(..., help="results.json files, eval directories or run directories."),
+    results: list[str] = typer.Argument(
+        ...,
+        help="results.json files, eval directories or run directories; join several with commas to give one "
+        "draft's replicas (e.g. seeds): its τ is then their mean ± sd.",
+    ),
     baseline: str | None = typer.Option(None, "--baseline", help="Draft the gains are relative to (default: the first)."),
     out: Path | None = typer.Option(None, "--out", help="Write report.md, summary.json and PNG plots here."),
     allow_protocol_mismatch: bool = typer.Option(
@@ -49,7 +53,7 @@ def compare_command(
     ),
 ) -> None:
     """Compare drafts: τ per benchmark, domain means and macro, gains over a baseline, speedups."""
-    c, written = compare(results, out, baseline, allow_protocol_mismatch)
+    c, written = compare([r.split(",") if "," in r else r for r in results], out, baseline, allow_protocol_mismatch)
     console.print(render(c))
     for d in c.mismatches:
         console.print(f"[yellow]protocol differs:[/] {d}")

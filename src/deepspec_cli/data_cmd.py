@@ -78,6 +78,7 @@ def regen(
     top_k: int = typer.Option(None, "--top-k", help="0 disables."),
     min_p: float = typer.Option(None, "--min-p", help="0 disables."),
     max_tokens: int = typer.Option(None, "--max-tokens", help="Maximum new tokens per assistant turn."),
+    seed: int = typer.Option(None, "--seed", help="Sampling seed (each answer: a seed from seed, conversation id, turn)."),
     timeout: float = typer.Option(None, "--timeout", help="Seconds per HTTP request before it is retried."),
     max_retries: int = typer.Option(None, "--max-retries", help="Retries per request on timeouts, connection errors and 5xx."),
     thinking: bool = typer.Option(None, "--thinking/--no-thinking", help="Thinking mode (default: the spec's target.thinking, else off)."),
@@ -90,7 +91,7 @@ def regen(
     settings = resolve_settings(
         spec, target, thinking, backend=backend, servers=server, served_model=served_model, concurrency=concurrency,
         batch_size=batch_size, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-        max_tokens=max_tokens, request_timeout=timeout, max_retries=max_retries,
+        max_tokens=max_tokens, seed=seed, request_timeout=timeout, max_retries=max_retries,
     )
     columns = (TextColumn("[bold]regen"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())

@@ -19,6 +19,9 @@ console = Console()
 def demo_command(
     out: Path = typer.Option(Path("deepspec-demo"), "--out", help="Directory for the demo's data, cache, runs and report."),
     budget: str = typer.Option("small", "--budget", help=f"Work per stage: {' | '.join(BUDGETS)} (smoke: minutes; small: the default)."),
+    seeds: int | None = typer.Option(
+        None, "--seeds", help="Training seeds per algorithm (default: the budget's); τ is then shown as mean ± sd."
+    ),
 ) -> None:
     """Run the whole pipeline on the embedded tiny target: regen → cache → train the three drafts → eval → compare.
 
@@ -28,6 +31,7 @@ def demo_command(
     res = run_demo(
         out,
         budget,
+        seeds,
         progress=console.is_terminal,
         stage=lambda name: console.rule(f"[bold]{name}"),
         say=lambda line: console.print(f"  {line}"),

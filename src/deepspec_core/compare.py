@@ -1,14 +1,19 @@
 """Put several drafts' evaluation results side by side, like for like.
 
 Inputs are ``results.json`` files, evaluation directories holding one, or run directories (their
-newest ``eval/<step>/results.json``). Results whose protocols differ in anything that moves τ are
-refused with the list of differences unless the caller allows it.
+newest ``eval/<step>/results.json``). One draft may be given as several replicas (e.g. the same
+recipe trained with different seeds): its τ is then their mean, reported with the sample standard
+deviation over replicas, which says which differences between drafts are larger than that noise.
+Results whose protocols differ in anything that moves τ are refused with the list of differences
+unless the caller allows it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +32,11 @@ class Entry:
     name: str
     path: Path
     result: EvalResults
+    replicas: list[EvalResults] = field(default_factory=list)  # further results of the same recipe
+
+    @property
+    def results(self) -> list[EvalResults]:
+        return [self.result, *self.replicas]
 
 
 @dataclass
@@ -38,6 +48,21 @@ class Comparison:
     tau: dict[str, dict[str, float]]  # row (benchmark, domain mean or "macro") → draft → τ (where defined)
     speedup: dict[str, dict[str, float]]  # same rows, where measured
     mismatches: list[str] = field(default_factory=list)
+    spread: dict[str, dict[str, float]] = field(default_factory=dict)  # row → draft → sd of τ over replicas
+
+    def tau_text(self, row: str, name: str) -> str:
+        """τ of a cell as shown: "–" where undefined, "± sd" where the draft has replicas."""
+        v = self.tau.get(row, {}).get(name)
+        if v is None:
+            return "–"
+        sd = self.spread.get(row, {}).get(name)
+        return f"{v:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+
+    def replica_note(self) -> str:
+        counts = sorted({len(e.results) for e in self.entries if e.replicas})
+        if not counts:
+            return ""
+        return f"τ is the mean ± sample sd over {'/'.join(map(str, counts))} replicas (e.g. training seeds)."
 
     def gain(self, row: str, name: str) -> float | None:
         base = self.tau.get(row, {}).get(self.baseline)
@@ -72,58 +97,81 @@ def _draft_name(result: EvalResults, fallback: str) -> str:
     return name or fallback
 
 
-def load_entries(paths: list[str | Path]) -> list[Entry]:
+def _load_result(raw: str | Path) -> tuple[Path, EvalResults]:
+    file = find_results(Path(raw))
+    try:
+        data = json.loads(file.read_text())
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if isinstance(version, int) and version != SCHEMA_VERSION:
+            raise DataError(
+                f"{file} has results schema {version}; this deepspec reads schema {SCHEMA_VERSION}"
+                + (" (τ then credited tokens that were never committed)" if version < 2 else ""),
+                "re-run `deepspec eval` on that draft",
+            )
+        return file, EvalResults.model_validate(data)
+    except (json.JSONDecodeError, ValidationError) as err:
+        first = str(err).splitlines()[0]
+        raise DataError(f"{file} is not a deepspec results.json: {first}", "regenerate it with `deepspec eval`") from err
+
+
+def load_entries(paths: Sequence[str | Path | Sequence[str | Path]]) -> list[Entry]:
+    """One entry per item: a path, or a sequence of paths (replicas of one draft, named by the first)."""
     entries: list[Entry] = []
     for raw in paths:
-        file = find_results(Path(raw))
-        try:
-            data = json.loads(file.read_text())
-            version = data.get("schema_version") if isinstance(data, dict) else None
-            if isinstance(version, int) and version != SCHEMA_VERSION:
-                raise DataError(
-                    f"{file} has results schema {version}; this deepspec reads schema {SCHEMA_VERSION}"
-                    + (" (τ then credited tokens that were never committed)" if version < 2 else ""),
-                    "re-run `deepspec eval` on that draft",
-                )
-            result = EvalResults.model_validate(data)
-        except (json.JSONDecodeError, ValidationError) as err:
-            first = str(err).splitlines()[0]
-            raise DataError(f"{file} is not a deepspec results.json: {first}", "regenerate it with `deepspec eval`") from err
+        group = [raw] if isinstance(raw, (str, Path)) else list(raw)
+        (file, result), *rest = [_load_result(p) for p in group]
         name = _draft_name(result, result.protocol.algorithm)
         taken = {e.name for e in entries}
         if name in taken:  # two runs with one name: disambiguate by algorithm, then by position
             name = f"{name}-{result.protocol.algorithm}" if f"{name}-{result.protocol.algorithm}" not in taken else f"{name}-{len(entries)}"
-        entries.append(Entry(name, file, result))
+        entries.append(Entry(name, file, result, [r for _, r in rest]))
     if not entries:
         raise DataError("nothing to compare", "pass results.json files, eval directories or run directories")
     return entries
 
 
 def protocol_differences(entries: list[Entry]) -> list[str]:
-    """Human-readable differences of the τ-relevant protocol fields against the first entry."""
+    """Human-readable differences of the τ-relevant protocol fields against the first entry
+    (replicas included, labelled ``name#i``)."""
     ref = entries[0]
     diffs: list[str] = []
 
-    def bench_map(e: Entry) -> dict[str, tuple[int, str]]:
-        return {b.name: (b.samples, b.content_hash) for b in e.result.protocol.benchmarks}
+    def bench_map(r: EvalResults) -> dict[str, tuple[int, str]]:
+        return {b.name: (b.samples, b.content_hash) for b in r.protocol.benchmarks}
 
-    for e in entries[1:]:
+    others = [(e.name if i == 0 else f"{e.name}#{i}", r) for e in entries for i, r in enumerate(e.results)][1:]
+    for label, other in others:
         for key in Protocol.tau_fields():
-            a, b = getattr(ref.result.protocol, key), getattr(e.result.protocol, key)
+            a, b = getattr(ref.result.protocol, key), getattr(other.protocol, key)
             if a != b:
-                diffs.append(f"{key}: {ref.name}={a!r} vs {e.name}={b!r}")
-        ra, rb = bench_map(ref), bench_map(e)
+                diffs.append(f"{key}: {ref.name}={a!r} vs {label}={b!r}")
+        ra, rb = bench_map(ref.result), bench_map(other)
         if set(ra) != set(rb):
-            diffs.append(f"benchmarks: {ref.name}={sorted(ra)} vs {e.name}={sorted(rb)}")
+            diffs.append(f"benchmarks: {ref.name}={sorted(ra)} vs {label}={sorted(rb)}")
         for name in sorted(set(ra) & set(rb)):
             if ra[name][0] != rb[name][0]:
-                diffs.append(f"{name} samples: {ref.name}={ra[name][0]} vs {e.name}={rb[name][0]}")
+                diffs.append(f"{name} samples: {ref.name}={ra[name][0]} vs {label}={rb[name][0]}")
             elif ra[name][1] != rb[name][1]:
                 diffs.append(f"{name} prompts differ (content hash {ra[name][1]} vs {rb[name][1]})")
     return diffs
 
 
 # -- the comparison ------------------------------------------------------------------------------
+
+
+def _row_values(r: EvalResults, domains: dict[str, list[str]]) -> tuple[dict[str, float], dict[str, float]]:
+    """τ and speedup per row (benchmark, domain mean, macro) of one result, where defined."""
+    tau = {b: x.tau for b, x in r.benchmarks.items() if x.tau is not None}
+    speed = {b: x.speed.speedup for b, x in r.benchmarks.items() if x.speed is not None}
+    for d, members in domains.items():
+        known = [tau[b] for b in members if b in tau]
+        if known:
+            tau[f"{d} mean"] = sum(known) / len(known)
+    if r.macro.tau is not None:
+        tau["macro"] = r.macro.tau
+    if r.macro.speedup is not None:
+        speed["macro"] = r.macro.speedup
+    return tau, speed
 
 
 def build_comparison(entries: list[Entry], baseline: str | None = None, allow_protocol_mismatch: bool = False) -> Comparison:
@@ -148,22 +196,16 @@ def build_comparison(entries: list[Entry], baseline: str | None = None, allow_pr
 
     tau: dict[str, dict[str, float]] = {}
     speed: dict[str, dict[str, float]] = {}
+    spread: dict[str, dict[str, float]] = {}
     for e in entries:
-        for b, r in e.result.benchmarks.items():
-            if r.tau is not None:
-                tau.setdefault(b, {})[e.name] = r.tau
-            if r.speed is not None:
-                speed.setdefault(b, {})[e.name] = r.speed.speedup
-        for d, members in domains.items():
-            vals = [e.result.benchmarks[b].tau for b in members if b in e.result.benchmarks]
-            known = [v for v in vals if v is not None]
-            if known:
-                tau.setdefault(f"{d} mean", {})[e.name] = sum(known) / len(known)
-        if e.result.macro.tau is not None:
-            tau.setdefault("macro", {})[e.name] = e.result.macro.tau
-        if e.result.macro.speedup is not None:
-            speed.setdefault("macro", {})[e.name] = e.result.macro.speedup
-    return Comparison(entries, baseline, benchmarks, domains, tau, speed, diffs)
+        per_replica = [_row_values(r, domains) for r in e.results]
+        for out, which in ((tau, 0), (speed, 1)):
+            for row in dict.fromkeys(k for values in per_replica for k in values[which]):
+                vals = [values[which][row] for values in per_replica if row in values[which]]
+                out.setdefault(row, {})[e.name] = statistics.fmean(vals)
+                if which == 0 and len(vals) > 1:
+                    spread.setdefault(row, {})[e.name] = statistics.stdev(vals)
+    return Comparison(entries, baseline, benchmarks, domains, tau, speed, diffs, spread)
 
 
 def rows(c: Comparison) -> list[str]:
@@ -184,7 +226,9 @@ def markdown_report(c: Comparison) -> str:
         "# deepspec compare",
         "",
         f"Target `{p.target}`, temperature {p.temperature}, thinking {'on' if p.thinking else 'off'}, "
-        f"max new tokens {p.max_new_tokens}; τ counts the bonus token. Baseline: **{c.baseline}**.",
+        f"max new tokens {p.max_new_tokens}, k = {p.num_draft_tokens}, "
+        f"{'every user turn' if p.all_turns else 'first user turn'}; τ counts the committed tokens of a round, "
+        f"bonus token included. Baseline: **{c.baseline}**. {c.replica_note()}".rstrip(),
         "",
         "| benchmark | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
@@ -192,9 +236,8 @@ def markdown_report(c: Comparison) -> str:
     for row in rows(c):
         cells = []
         for n in names:
-            v = c.tau.get(row, {}).get(n)
             gain = "" if n == c.baseline else _fmt_gain(c.gain(row, n))
-            cells.append("–" if v is None else f"{v:.2f}" + (f" ({gain})" if gain else ""))
+            cells.append(c.tau_text(row, n) + (f" ({gain})" if gain else ""))
         label = f"**{row}**" if row == "macro" or row.endswith(" mean") else row
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if c.speedup:
@@ -205,7 +248,11 @@ def markdown_report(c: Comparison) -> str:
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
     if c.mismatches:
         lines += ["", "**Protocol differences (compared anyway):**", ""] + [f"- {d}" for d in c.mismatches]
-    lines += ["", "Inputs:", ""] + [f"- {e.name} ({e.result.protocol.algorithm}): `{e.path}`" for e in c.entries]
+    lines += ["", "Inputs:", ""] + [
+        f"- {e.name} ({e.result.protocol.algorithm}): `{e.path}`"
+        + (f" and {len(e.replicas)} replicas" if e.replicas else "")
+        for e in c.entries
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -216,6 +263,8 @@ def summary_json(c: Comparison) -> dict:
         "rows": rows(c),
         "domains": c.domains,
         "tau": c.tau,
+        "tau_sd_over_replicas": c.spread,
+        "replicas": {e.name: len(e.results) for e in c.entries},
         "gain_vs_baseline": {r: {n: c.gain(r, n) for n in c.tau.get(r, {})} for r in rows(c)},
         "speedup": c.speedup,
         "protocol_differences": c.mismatches,
@@ -267,10 +316,11 @@ def plot_comparison(c: Comparison, out_dir: Path) -> list[Path]:
 
 
 def compare(
-    paths: list[str | Path], out_dir: str | Path | None = None, baseline: str | None = None,
-    allow_protocol_mismatch: bool = False,
+    paths: Sequence[str | Path | Sequence[str | Path]], out_dir: str | Path | None = None,
+    baseline: str | None = None, allow_protocol_mismatch: bool = False,
 ) -> tuple[Comparison, list[Path]]:
-    """Load, check and compare; write report.md, summary.json and plots to ``out_dir`` when given."""
+    """Load, check and compare; write report.md, summary.json and plots to ``out_dir`` when given.
+    An item of ``paths`` that is a sequence gives one draft's replicas (see the module docstring)."""
     c = build_comparison(load_entries(paths), baseline, allow_protocol_mismatch)
     written: list[Path] = []
     if out_dir is not None:

@@ -30,6 +30,7 @@ class Budget:
     eval_limit: int  # prompts per benchmark
     eval_max_new_tokens: int
     benchmarks: tuple[str, ...] = ("humaneval", "mbpp")
+    seeds: int = 1  # training seeds per algorithm: with more than one, τ is shown as mean ± sd
 
 
 BUDGETS = {
@@ -47,7 +48,8 @@ BUDGETS = {
 class DemoResult:
     out_dir: Path
     runs: dict[str, Path] = field(default_factory=dict)
-    results: dict[str, Path] = field(default_factory=dict)
+    results: dict[str, Path] = field(default_factory=dict)  # algorithm → results.json of its seed-0 run
+    replicas: dict[str, list[Path]] = field(default_factory=dict)  # algorithm → results.json of every seed
     compare_dir: Path | None = None
     comparison: object = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -71,11 +73,13 @@ def demo_prompts(n: int) -> list[dict]:
     return rows
 
 
-def demo_spec(algo: str, out: Path, target_dir: Path, b: Budget) -> RunSpec:
+def demo_spec(algo: str, out: Path, target_dir: Path, b: Budget, seed: int = 0) -> RunSpec:
     data = out / "data"
     return load_spec(
         f"tiny-{algo}",
         [
+            f"seed={seed}",
+            f"name='tiny-{algo}{f'-seed{seed}' if seed else ''}'",
             f"target.model={json.dumps(str(target_dir))}",
             f"data.train=[{json.dumps(str(data / 'train.regen.jsonl'))}]",
             f"data.eval=[{json.dumps(str(data / 'train.heldout.regen.jsonl'))}]",
@@ -97,6 +101,7 @@ def demo_spec(algo: str, out: Path, target_dir: Path, b: Budget) -> RunSpec:
 def run_demo(
     out_dir: str | Path,
     budget: str = "small",
+    seeds: int | None = None,
     progress: bool = True,
     stage: Callable[[str], None] = print,
     say: Callable[[str], None] = print,
@@ -113,6 +118,9 @@ def run_demo(
     if budget not in BUDGETS:
         raise SpecError(f"unknown --budget {budget!r}", f"choose one of: {', '.join(BUDGETS)}")
     b = BUDGETS[budget]
+    n_seeds = b.seeds if seeds is None else seeds
+    if n_seeds < 1:
+        raise SpecError(f"--seeds {n_seeds} must be at least 1", "pass --seeds 1 (one training run per algorithm) or more")
     out = Path(out_dir).expanduser().resolve()
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -135,8 +143,8 @@ def run_demo(
     if not train_file.exists():
         timed("fetch: prompts → conversations", lambda: fetch(str(prompts), train_file, test_size=0.1, seed=0))
 
-    specs = {algo: demo_spec(algo, out, target_dir, b) for algo in ALGOS}
-    first = specs[ALGOS[0]]
+    specs = {(algo, seed): demo_spec(algo, out, target_dir, b, seed) for seed in range(n_seeds) for algo in ALGOS}
+    first = specs[(ALGOS[0], 0)]
     settings = resolve_settings(None, str(target_dir), thinking=False, max_tokens=b.regen_max_tokens, batch_size=32)
     for name in ("train", "train.heldout"):
         src, dst = data / f"{name}.jsonl", data / f"{name}.regen.jsonl"
@@ -146,24 +154,24 @@ def run_demo(
     if not (Path(first.cache_dir()) / "manifest.json").exists():
         timed("cache: target features → compressed shards", lambda: build_cache(first))
 
-    for algo, spec in specs.items():
-        res = timed(f"train: {algo}", lambda s=spec: train(s, Runtime(progress=progress, say=say)))
-        result.runs[algo] = res.run_dir
+    runs: dict[tuple[str, int], Path] = {}
+    for (algo, seed), spec in specs.items():
+        label = f"train: {algo}" + (f" (seed {seed})" if n_seeds > 1 else "")
+        runs[(algo, seed)] = timed(label, lambda s=spec: train(s, Runtime(progress=progress, say=say))).run_dir
 
-    for algo in specs:
-        run_dir = result.runs[algo]
+    for (algo, seed), run_dir in runs.items():
         found = sorted(run_dir.glob("eval/*/results.json"))
-        if found:
-            result.results[algo] = found[-1]
-            continue
-        ev = timed(
-            f"eval: {algo} (τ and speed)",
-            lambda r=run_dir: evaluate(r, data_dir=packaged_prompts_dir(), speed=True, progress=progress),
-        )
-        result.results[algo] = ev.out_dir / "results.json"
+        if not found:
+            label = f"eval: {algo}" + (f" (seed {seed})" if n_seeds > 1 else "") + " (τ and speed)"
+            ev = timed(label, lambda r=run_dir: evaluate(r, data_dir=packaged_prompts_dir(), speed=True, progress=progress))
+            found = [ev.out_dir / "results.json"]
+        result.replicas.setdefault(algo, []).append(found[-1])
+    result.runs = {algo: runs[(algo, 0)] for algo in ALGOS}
+    result.results = {algo: result.replicas[algo][0] for algo in ALGOS}
 
     result.compare_dir = out / "compare"
     result.comparison, _ = timed(
-        "compare", lambda: compare([str(result.results[a]) for a in ALGOS], result.compare_dir, baseline=f"tiny-{ALGOS[0]}")
+        "compare",
+        lambda: compare([result.replicas[a] for a in ALGOS], result.compare_dir, baseline=f"tiny-{ALGOS[0]}"),
     )
     return result

@@ -77,6 +77,9 @@ class RegenSpec(_Section):
     top_k: int = Field(20, ge=0, description="Top-k sampling (0 disables).")
     min_p: float = Field(0.0, ge=0.0, le=1.0, description="Min-p sampling threshold (0 disables).")
     max_tokens: int = Field(4096, ge=1, description="Maximum new tokens per assistant turn.")
+    seed: int = Field(
+        0, description="Sampling seed: each answer samples with a seed derived from (seed, conversation id, turn)."
+    )
     request_timeout: float = Field(600.0, gt=0, description="Seconds before one HTTP request is abandoned and retried.")
     max_retries: int = Field(5, ge=0, description="Retries per request on timeouts, connection errors and 5xx.")
 

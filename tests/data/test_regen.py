@@ -163,6 +163,25 @@ def test_generate_answers_batch_matches_single(tiny_lm):
     assert all(a.tokens <= 4 for a in sampled)
 
 
+def test_sampled_answers_depend_on_the_seed_alone(tiny_lm, tmp_path):
+    """T = 0.7: the same command gives the same answers, whatever the batch size (a conversation's
+    turn t samples with turn_seed(seed, id, t)); another seed gives other answers."""
+    model, tok = tiny_lm
+    src = tmp_path / "in.jsonl"
+    write_convs(src, 6, turns=2)
+    sampling = Sampling(temperature=0.7, top_p=0.8, top_k=20, max_tokens=8, seed=3)
+
+    def answers(out: str, batch_size: int, s: Sampling = sampling) -> list[list[dict]]:
+        regenerate(src, tmp_path / out, LocalBackend(model, tok, "tiny-random", batch_size), s, thinking=False)
+        return [json.loads(line)["messages"] for line in open(tmp_path / out)]
+
+    first = answers("a.jsonl", batch_size=4)
+    assert answers("b.jsonl", batch_size=4) == first
+    assert answers("c.jsonl", batch_size=1) == first  # rows do not share a random stream
+    assert answers("d.jsonl", 4, Sampling(**{**sampling.__dict__, "seed": 4})) != first
+    assert json.loads(open(tmp_path / "a.jsonl").readline())["regen"]["sampling"]["seed"] == 3
+
+
 def test_local_backend_multi_turn(tiny_lm, tmp_path):
     model, tok = tiny_lm
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"

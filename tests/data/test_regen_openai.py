@@ -70,6 +70,28 @@ def test_regen_through_server_matches_local(server, tiny_target, tmp_path):
     assert all(h["regen"]["backend"] == "openai" and h["regen"]["model"] == "tiny" for h in http_recs)
 
 
+def test_seeded_sampling_gives_the_same_answers_over_http_and_in_process(server, tiny_target, tmp_path):
+    """T = 0.7 with the same seed: the server gets turn_seed(seed, id, turn) per request, as the local
+    backend uses per row, so both backends (and a rerun) write the same answers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = tmp_path / "in.jsonl"
+    write_convs(src, 5)
+    sampling = Sampling(temperature=0.7, top_p=0.8, top_k=20, max_tokens=10, seed=11)
+    backend = OpenAIBackend([server.url], concurrency=3, timeout=60, max_retries=2)
+    backend.probe()
+    regenerate(src, tmp_path / "http.jsonl", backend, sampling, thinking=False)
+    regenerate(src, tmp_path / "http2.jsonl", backend, sampling, thinking=False)
+    local = LocalBackend(AutoModelForCausalLM.from_pretrained(tiny_target).eval(),
+                         AutoTokenizer.from_pretrained(tiny_target), "tiny", batch_size=1)
+    regenerate(src, tmp_path / "local.jsonl", local, sampling, thinking=False)
+
+    def messages(name: str) -> list:
+        return [json.loads(line)["messages"] for line in open(tmp_path / name)]
+
+    assert messages("http.jsonl") == messages("http2.jsonl") == messages("local.jsonl")
+
+
 def test_retries_ride_out_a_flaky_server(tiny_target, tmp_path):
     src = tmp_path / "in.jsonl"
     ids = write_convs(src, 6)

@@ -93,7 +93,10 @@ class OpenAIServer:
                 temperature, top_p, top_k, min_p, max_tokens, thinking = key
                 sampling = Sampling(temperature, top_p, top_k, min_p, max_tokens)
                 try:
-                    answers = generate_answers(self.model, self.tokenizer, [j.body["messages"] for j in jobs], sampling, thinking)
+                    # Like vLLM, a request's "seed" fixes its own sampling, whatever it is batched with.
+                    seeds = [int(j.body.get("seed", 0)) for j in jobs]
+                    answers = generate_answers(self.model, self.tokenizer, [j.body["messages"] for j in jobs],
+                                               sampling, thinking, seeds)
                     for j, a in zip(jobs, answers, strict=True):
                         j.result = a
                 except Exception as err:  # report to the client as a 500, keep serving

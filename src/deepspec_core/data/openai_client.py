@@ -8,7 +8,6 @@ answered the probe; timeouts, connection errors, 429 and 5xx are retried with ex
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import itertools
 import json
@@ -21,7 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from deepspec_core.data.regen import Outcome, Sampling, TurnResult, conversation_turns
+from deepspec_core.data.regen import Outcome, Sampling, TurnResult, conversation_turns, turn_seed
 from deepspec_core.data.tokenize import split_thinking
 from deepspec_core.errors import ServerError
 
@@ -94,11 +93,6 @@ def parse_answer(resp: dict[str, Any], thinking: bool) -> TurnResult:
     return TurnResult(content.strip(), reasoning.strip() if reasoning else None, finish, tokens)
 
 
-def _stable_seed(seed: int, conv_id: str, turn: int) -> int:
-    digest = hashlib.sha256(f"{seed}/{conv_id}/{turn}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
 class OpenAIBackend:
     name = "openai"
 
@@ -112,7 +106,7 @@ class OpenAIBackend:
         backoff: float = 0.5,
         probe_timeout: float = 10.0,
         api_key: str | None = None,
-        seed: int | None = None,
+        seed: bool = True,
     ):
         if not servers:
             raise ServerError("the openai backend needs at least one server", "pass --server http://host:8000 (repeatable)")
@@ -169,8 +163,9 @@ class OpenAIBackend:
         turn = 0
         try:
             while True:
-                # A per-turn seed derived from the id makes sampled answers reproducible across reruns.
-                seed = None if self.seed is None else _stable_seed(self.seed, conv["id"], turn)
+                # A per-turn seed derived from the id makes sampled answers reproducible across reruns
+                # on servers that honour it (vLLM, SGLang); ``seed=False`` for those that reject it.
+                seed = turn_seed(sampling.seed, conv["id"], turn) if self.seed else None
                 answer = self.chat(history, sampling, thinking, seed)
                 history = gen.send(answer)
                 turn += 1

@@ -14,6 +14,7 @@ atomic rename. Failures go to ``<out>.errors.jsonl``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -35,10 +36,18 @@ class Sampling:
     top_k: int = 20
     min_p: float = 0.0
     max_tokens: int = 4096
+    seed: int = 0  # turn t of conversation c samples with turn_seed(seed, c, t), on every backend
 
     @classmethod
     def from_spec(cls, regen: Any) -> Sampling:
-        return cls(regen.temperature, regen.top_p, regen.top_k, regen.min_p, regen.max_tokens)
+        return cls(regen.temperature, regen.top_p, regen.top_k, regen.min_p, regen.max_tokens, regen.seed)
+
+
+def turn_seed(seed: int, conv_id: str, turn: int) -> int:
+    """The sampling seed of one answer: a function of the run's seed, the conversation id and the
+    turn only, so an answer does not depend on batching, concurrency, order or resumption."""
+    digest = hashlib.sha256(f"{seed}/{conv_id}/{turn}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 @dataclass
@@ -124,21 +133,63 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-def generate_answers(
-    model: Any, tokenizer: Any, histories: list[list[dict[str, Any]]], sampling: Sampling, thinking: bool
-) -> list[TurnResult]:
-    """One batched ``generate`` over several chats (left padding); one answer per chat."""
+def _row_sampler(sampling: Sampling, seeds: list[int], device: Any) -> Any:
+    """A logits processor that samples each row with its own generator and leaves only that token
+    finite, so ``generate``'s greedy step picks it: a row's answer depends on its seed alone, not on
+    the batch it shares (transformers' own sampling draws all rows from one global generator)."""
     import torch
+    from transformers import (
+        LogitsProcessor,
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    # transformers' warpers, in the order its sampling applies them
+    warpers = [TemperatureLogitsWarper(sampling.temperature)]
+    if sampling.top_k:
+        warpers.append(TopKLogitsWarper(sampling.top_k))
+    if sampling.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(sampling.top_p))
+    if sampling.min_p:
+        warpers.append(MinPLogitsWarper(sampling.min_p))
+    gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    class RowSampler(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            for w in warpers:
+                scores = w(input_ids, scores)
+            probs = torch.softmax(scores.float(), dim=-1)  # (B, V)
+            picked = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, gens, strict=True)])
+            out = torch.full_like(scores, float("-inf"))
+            return out.scatter_(1, picked[:, None], 0.0)
+
+    return RowSampler()
+
+
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    histories: list[list[dict[str, Any]]],
+    sampling: Sampling,
+    thinking: bool,
+    seeds: list[int] | None = None,
+) -> list[TurnResult]:
+    """One batched ``generate`` over several chats (left padding); one answer per chat, row i
+    sampled with ``seeds[i]`` (default: ``sampling.seed`` + i)."""
+    import torch
+    from transformers import LogitsProcessorList
 
     texts = [render_prompt(tokenizer, h, thinking) for h in histories]
     tokenizer.padding_side = "left"
     enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
     kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "pad_token_id": tokenizer.pad_token_id}
+    # Greedy decoding over logits the row sampler has already sampled from (see _row_sampler).
+    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     if sampling.temperature > 0:
-        kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                      top_k=sampling.top_k or None, min_p=sampling.min_p or None)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        seeds = seeds or [sampling.seed + i for i in range(len(histories))]
+        kwargs["logits_processor"] = LogitsProcessorList([_row_sampler(sampling, seeds, model.device)])
     eos = _eos_ids(model, tokenizer)
     with torch.no_grad():
         out = model.generate(**enc, eos_token_id=sorted(eos), **kwargs)  # (B, T_prompt + T_new)
@@ -173,12 +224,17 @@ class LocalBackend:
 
     def _run_batch(self, batch: list[tuple[int, dict[str, Any]]], sampling: Sampling, thinking: bool) -> Iterator[tuple[int, Outcome]]:
         gens = {seq: conversation_turns(conv, self.name, self.model_name, sampling, thinking) for seq, conv in batch}
+        ids = {seq: conv["id"] for seq, conv in batch}
         prompts = {seq: next(g) for seq, g in gens.items()}
         done: dict[int, Outcome] = {}
+        turn = 0
         while prompts:
             seqs = list(prompts)
+            seeds = [turn_seed(sampling.seed, ids[s], turn) for s in seqs]
             try:
-                answers = generate_answers(self.net, self.tokenizer, [prompts[s] for s in seqs], sampling, thinking)
+                answers = generate_answers(
+                    self.net, self.tokenizer, [prompts[s] for s in seqs], sampling, thinking, seeds
+                )
             except (RuntimeError, ValueError) as err:  # e.g. out of memory, prompt longer than the model allows
                 for s in seqs:
                     done[s] = Outcome(error=f"{type(err).__name__}: {err}")
@@ -189,6 +245,7 @@ class LocalBackend:
                 except StopIteration as stop:
                     done[s] = stop.value
                     del prompts[s]
+            turn += 1
         for seq, _ in batch:
             yield seq, done[seq]
 
