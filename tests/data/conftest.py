@@ -39,8 +39,28 @@ LLAMA3_TEMPLATE = """
 {%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}
 """
 
+# ChatML as SmolLM2 ships it: a default system prompt when the conversation has none.
+CHATML_TEMPLATE = """
+{%- if messages[0].role != 'system' %}{{- '<|im_start|>system\\nYou are a helpful AI assistant.<|im_end|>\\n' }}{%- endif %}
+{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}
+"""
+
+# Gemma style: no system role (it is folded into the first user turn), "model" for the assistant,
+# every turn trimmed.
+GEMMA_TEMPLATE = """
+{{- bos_token }}
+{%- if messages[0].role == 'system' %}{%- set first = messages[0].content | trim + '\\n\\n' %}{%- set rest = messages[1:] %}
+{%- else %}{%- set first = '' %}{%- set rest = messages %}{%- endif %}
+{%- for m in rest %}
+  {%- set role = 'model' if m.role == 'assistant' else m.role %}
+  {{- '<start_of_turn>' + role + '\\n' + (first if loop.first else '') + m.content | trim + '<end_of_turn>\\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}
+"""
+
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>",
-            "<|end_header_id|>", "<|eot_id|>"]
+            "<|end_header_id|>", "<|eot_id|>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
 CORPUS = [
     "Hello, how are you? I am fine, thank you. What is the capital of France? Paris is the capital.",
     "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n",
@@ -65,6 +85,8 @@ def build_tokenizer(template: str, flavour: str = "qwen"):
     if flavour == "qwen":
         fast.add_special_tokens({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
         fast.add_tokens(["<think>", "</think>"])
+    elif flavour == "gemma":
+        fast.add_special_tokens({"bos_token": "<bos>", "eos_token": "<end_of_turn>", "pad_token": "<|endoftext|>"})
     else:
         fast.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "pad_token": "<|endoftext|>"})
     fast.chat_template = template
@@ -79,6 +101,16 @@ def qwen_tok():
 @pytest.fixture(scope="session")
 def llama_tok():
     return build_tokenizer(LLAMA3_TEMPLATE, "llama")
+
+
+@pytest.fixture(scope="session")
+def chatml_tok():
+    return build_tokenizer(CHATML_TEMPLATE, "qwen")
+
+
+@pytest.fixture(scope="session")
+def gemma_tok():
+    return build_tokenizer(GEMMA_TEMPLATE, "gemma")
 
 
 def build_tiny_model_dir(path: Path) -> Path:

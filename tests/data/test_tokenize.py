@@ -119,3 +119,47 @@ def test_tiny_target_template(tiny_target):
         "<think>\nalso easy\n</think>\n\ndef sub(a, b):\n    return a - b<|im_end|>",
     ]
     assert off.coverage == on.coverage == 1.0
+
+
+def test_reported_mask_cases_supervise_exactly_the_answer(qwen_tok, chatml_tok, llama_tok):
+    """The cases text search got wrong, each with its right supervised text."""
+    def runs(tok, messages, thinking=False, reasons=None):
+        conv = {"id": "x", "messages": messages, "regen": {"finish_reasons": reasons or []}}
+        return supervised_runs(tok, tokenize_conversation(tok, conv, 10_000, thinking))
+
+    q = {"role": "user", "content": "What is 7 + 8?"}
+    # A thinking answer that restates its final answer inside the reasoning: all of both.
+    restated = {"role": "assistant", "content": "The answer is 15.", "thinking": "7 + 8 = 15. The answer is 15."}
+    assert runs(qwen_tok, [q, restated], thinking=True) == [
+        "<think>\n7 + 8 = 15. The answer is 15.\n</think>\n\nThe answer is 15.<|im_end|>"]
+    # An answer equal to a word of the template header supervises the answer, not the header.
+    assert runs(chatml_tok, [q, {"role": "assistant", "content": "assistant"}]) == ["assistant<|im_end|>"]
+    assert runs(qwen_tok, [{"role": "user", "content": "assistant"}, {"role": "assistant", "content": "user"}]) == [
+        "user<|im_end|>"]
+    # Trailing whitespace: the end-of-turn token is still supervised, right after it.
+    assert runs(chatml_tok, [q, {"role": "assistant", "content": "15 \n"}]) == ["15 \n<|im_end|>"]
+    # An empty answer supervises its own end-of-turn token, never the user's.
+    assert runs(llama_tok, [q, {"role": "assistant", "content": ""}]) == ["<|eot_id|>"]
+    # An answer cut by max_tokens: the target never ended it, so no end-of-turn token.
+    assert runs(chatml_tok, [q, {"role": "assistant", "content": "Let me"}], reasons=["length"]) == ["Let me"]
+
+
+def test_empty_answers_and_bad_masks_are_skipped_by_reason(qwen_tok, tmp_path):
+    rows = [
+        CONV,
+        {"id": "empty", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]},
+        {"id": "cut-thinking", "messages": [{"role": "user", "content": "hi"},
+                                            {"role": "assistant", "content": "", "thinking": "hmm, let me think a lot"}],
+         "regen": {"finish_reasons": ["length"]}},
+    ]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stats = TokenizeStats()
+    off = [cid for cid, _ in iter_tokenized(path, qwen_tok, 1000, thinking=False, stats=stats)]
+    assert off == ["c"] and dict(stats.skipped) == {"empty assistant answer": 2}
+    stats = TokenizeStats()
+    on = dict(iter_tokenized(path, qwen_tok, 1000, thinking=True, stats=stats))
+    # With thinking on, a reasoning-only answer cut by max_tokens is a valid (truncated) sample.
+    assert list(on) == ["c", "cut-thinking"] and dict(stats.skipped) == {"empty assistant answer": 1}
+    assert on["cut-thinking"].spans == ["<think>\nhmm, let me think a lot"]  # cut inside its reasoning
+    assert "regenerate the empty answers" in stats.describe_skips()

@@ -4,11 +4,22 @@ Regen, training and eval all render through :func:`render_chat`, so the draft tr
 the text the target saw: the target's template, no injected system prompt, thinking mode explicit
 (passed as ``enable_thinking``; templates without the switch ignore it).
 
-The loss mask is found in the rendered text, not by re-rendering pieces: each assistant turn's
-generated span (its content, plus its thinking block when the template renders one) is located
-by character offsets, mapped onto tokens with the fast tokenizer's offset mapping, and the
-end-of-turn special token that follows it is added. This works for templates that rewrite history
-(Qwen3 drops earlier turns' reasoning), which prefix-diffing does not.
+The loss mask comes from the template's structure, never from searching the text for an answer
+(an answer that repeats a prompt, a template word such as "assistant", or its own reasoning would
+be found in the wrong place). For each message, the characters the template rendered from its
+content (and, for an assistant turn, its reasoning) are located by rendering the conversation a
+second time with that field replaced by a sentinel that occurs nowhere else and diffing the two
+renders. An assistant turn's generated span then starts right after the template's generation
+header (what ``add_generation_prompt`` appends: ``<|im_start|>assistant\n`` — with the empty
+think block when thinking is off) when that header ends the template text before the turn, else
+where its first rendered field starts; it ends with the end-of-turn special token that follows
+the content (left out for an answer cut by ``max_tokens``, which the target never ended). This
+works for templates that rewrite history (Qwen3 drops the reasoning of turns before the last user
+query) and ones that trim content (Llama 3).
+
+The text is then tokenised piece by piece — template text, supervised span, template text, … —
+so the supervised tokens are exactly those of the span (the tokens the target generated after the
+prompt, as at inference), never a token merged across the boundary.
 """
 
 from __future__ import annotations
@@ -22,16 +33,23 @@ from typing import Any
 from deepspec_core.data.conversations import read_conversations
 from deepspec_core.errors import DataError
 
+# Private-use characters: no tokenizer-independent text a user brings is expected to hold them,
+# and the renders are checked to be sure.
+_SENTINEL_OPEN, _SENTINEL_CLOSE = "\ue000", "\ue001"
+
 
 @dataclass
 class TokenizedSample:
     input_ids: list[int]
     loss_mask: list[int]  # 1 where the token is a supervised assistant token
     num_loss_tokens: int  # after truncation
-    num_assistant_tokens: int  # tokens of the assistant turns counted on their own (+1 end-of-turn each)
+    num_assistant_tokens: int  # independent count: each answer (and rendered reasoning) tokenised alone, +1 end-of-turn
     truncated: bool
     thinking: bool
     full_loss_tokens: int = 0  # supervised tokens before truncation
+    spans: list[str] = field(default_factory=list)  # the supervised text of each assistant turn, in order
+    turns: int = 0  # assistant turns supervised
+    edge_whitespace_tokens: int = 0  # of the answers' leading/trailing whitespace, which templates may trim
 
     @property
     def num_tokens(self) -> int:
@@ -41,6 +59,19 @@ class TokenizedSample:
     def coverage(self) -> float:
         """Supervised / assistant tokens before truncation; ~1.0 when the mask is right."""
         return self.full_loss_tokens / max(self.num_assistant_tokens, 1)
+
+    def mask_problem(self) -> str | None:
+        """Why the mask does not match the answers' independent token count, or None when it does.
+
+        Allowed: two tokens per turn and 2% (a template that trims an answer's whitespace, tokens
+        that merge differently inside the span than alone).
+        """
+        slack = 2 * self.turns + 0.02 * self.num_assistant_tokens
+        low = self.num_assistant_tokens - self.edge_whitespace_tokens - slack
+        if low <= self.full_loss_tokens <= self.num_assistant_tokens + slack:
+            return None
+        return (f"loss mask covers {self.full_loss_tokens} tokens where the answers have "
+                f"{self.num_assistant_tokens} (coverage {self.coverage:.2f})")
 
 
 def template_messages(messages: list[dict[str, Any]], thinking: bool) -> list[dict[str, Any]]:
@@ -58,16 +89,20 @@ def template_messages(messages: list[dict[str, Any]], thinking: bool) -> list[di
 
 def render_chat(tokenizer: Any, messages: list[dict[str, Any]], thinking: bool, add_generation_prompt: bool) -> str:
     """The chat template applied as text (tokenise it with ``add_special_tokens=False``)."""
+    return render_chat_messages(tokenizer, template_messages(messages, thinking), thinking, add_generation_prompt)
+
+
+def render_chat_messages(
+    tokenizer: Any, tm: list[dict[str, Any]], thinking: bool, add_generation_prompt: bool
+) -> str:
+    """:func:`render_chat` of messages already in the template's layout (:func:`template_messages`)."""
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(
             f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template",
             "set target.chat_template to a Jinja template file",
         )
     return tokenizer.apply_chat_template(
-        template_messages(messages, thinking),
-        tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-        enable_thinking=thinking,
+        tm, tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=thinking
     )
 
 
@@ -92,94 +127,214 @@ def _generation_header(tokenizer: Any, history: list[dict[str, Any]], thinking: 
     return with_prompt[len(without):] if with_prompt.startswith(without) else ""
 
 
-def assistant_char_spans(tokenizer: Any, messages: list[dict[str, Any]], text: str, thinking: bool) -> list[tuple[int, int]]:
-    """Character spans of the generated part of each assistant turn in the rendered ``text``.
+def _field_region(
+    tokenizer: Any, tm: list[dict[str, Any]], i: int, keys: tuple[str, ...], text: str, thinking: bool
+) -> tuple[int, int] | None:
+    """Characters of ``text`` (the full render of the template messages ``tm``) rendered from
+    ``tm[i][key]`` for ``keys``; None when the template renders none of them. Found by rendering
+    again with the field replaced by a sentinel: the two renders agree before and after it.
 
-    A span starts after the template's generation header when that header is found right before
-    the turn (so a rendered thinking block is included), else at the content; it ends at the end
-    of the content. Messages are searched in order, so an answer that also occurs in a prompt is
-    not matched inside the prompt. Raises DataError when the template dropped an answer.
+    Raises DataError when the template renders the field more than once or rewrites it in a way
+    that depends on its value (the region cannot then be told apart).
     """
-    spans = []
-    cursor = 0
-    for i, m in enumerate(messages):
-        needle = m["content"].strip()
+    sentinel = f"{_SENTINEL_OPEN}{i}{_SENTINEL_CLOSE}"
+    swapped = [dict(m) for m in tm]
+    for key in keys:
+        swapped[i][key] = sentinel
+    other = render_chat_messages(tokenizer, swapped, thinking, add_generation_prompt=False)
+    if other == text:
+        return None
+    limit = min(len(text), len(other))
+    p = 0
+    while p < limit and text[p] == other[p]:
+        p += 1
+    q = 0
+    while q < limit - p and text[-1 - q] == other[-1 - q]:
+        q += 1
+    if other.count(sentinel) != 1 or other[p : len(other) - q] != sentinel:
+        raise DataError(
+            f"the chat template renders the {keys[0]} of message {i} ({tm[i]['role']}) more than once or "
+            "rewrites it, so its tokens cannot be located",
+            "set target.chat_template to a template that renders each message once",
+        )
+    return p, len(text) - q
+
+
+def _special_texts(tokenizer: Any) -> list[str]:
+    """Texts of the tokenizer's special tokens, longest first (an end-of-turn token is one of them)."""
+    texts = set(tokenizer.all_special_tokens)
+    for tok in getattr(tokenizer, "added_tokens_decoder", {}).values():
+        if getattr(tok, "special", False):
+            texts.add(str(tok))
+    return sorted((t for t in texts if t), key=len, reverse=True)
+
+
+@dataclass
+class AssistantSpan:
+    start: int  # first character the target generated (after the generation header)
+    content: tuple[int, int]  # the rendered content
+    reasoning: tuple[int, int] | None  # the rendered reasoning, when the template renders it
+    end: int  # end of the supervised text: the content's end, or after the end-of-turn token
+
+    def template_pieces(self, text: str) -> list[str]:
+        """Supervised text the template wrote around the fields (e.g. '<think>\\n', the end-of-turn token)."""
+        first = self.reasoning or self.content
+        pieces = [text[self.start : first[0]]]
+        if self.reasoning and self.end > self.reasoning[1]:
+            pieces.append(text[self.reasoning[1] : min(self.content[0], self.end)])
+        return [*pieces, text[self.content[1] : self.end]]
+
+
+def assistant_spans(
+    tokenizer: Any, messages: list[dict[str, Any]], text: str, thinking: bool, cut_turns: frozenset[int] = frozenset()
+) -> list[AssistantSpan]:
+    """The supervised character span of every assistant turn of the rendered ``text``, in order.
+
+    ``cut_turns`` holds the indices (among assistant turns) of answers cut by ``max_tokens``: their
+    end-of-turn token is not supervised. Raises DataError when the template drops an answer.
+    """
+    if _SENTINEL_OPEN in text or _SENTINEL_CLOSE in text:
+        raise DataError("the conversation contains private-use characters U+E000/U+E001",
+                        "remove them from the data: deepspec uses them to locate turns in the template")
+    specials = _special_texts(tokenizer)
+    tm = template_messages(messages, thinking)
+    spans: list[AssistantSpan] = []
+    prev_end = 0  # end of the previous message's rendered fields: a header is never searched before it
+    for i, m in enumerate(tm):
+        content = _field_region(tokenizer, tm, i, ("content",), text, thinking)
         if m["role"] != "assistant":
-            pos = text.find(needle, cursor) if needle else -1
-            cursor = pos + len(needle) if pos >= 0 else cursor
+            prev_end = content[1] if content is not None else prev_end
             continue
-        pos = text.find(needle, cursor)
-        if pos < 0:
+        if content is None:
             raise DataError(f"assistant turn {i} does not appear in the rendered chat template output",
-                            "the template rewrites assistant content; set target.chat_template")
-        start = pos
+                            "the template drops assistant content; set target.chat_template")
+        # Templates read reasoning from reasoning_content (Qwen3) or thinking (others): swap both.
+        reasoning = _field_region(tokenizer, tm, i, ("reasoning_content", "thinking"), text, thinking) if (
+            "thinking" in m) else None
+        first = min(content[0], reasoning[0]) if reasoning else content[0]
         header = _generation_header(tokenizer, messages[:i], thinking)
-        if header:
-            h = text.rfind(header, cursor, pos + 1)
-            if h >= 0:
-                start = h + len(header)
-        spans.append((start, pos + len(needle)))
-        cursor = pos + len(needle)
+        h = text.rfind(header, prev_end, first) if header else -1
+        start = h + len(header) if h >= 0 else first
+        end = content[1]
+        if len(spans) not in cut_turns:
+            eot = next((t for t in specials if text.startswith(t, end)), None)
+            end += len(eot) if eot else 0
+        elif reasoning and not m["content"]:
+            end = reasoning[1]  # cut inside its reasoning: the closing tag is the template's, not the target's
+        spans.append(AssistantSpan(start, content, reasoning, end))
+        prev_end = max(content[1], reasoning[1] if reasoning else 0)
     return spans
 
 
-def _special_ids(tokenizer: Any) -> set[int]:
-    ids = set(tokenizer.all_special_ids)
-    for tid, tok in getattr(tokenizer, "added_tokens_decoder", {}).items():
-        if getattr(tok, "special", False):
-            ids.add(tid)
-    return ids
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def _cut_turns(conversation: dict[str, Any]) -> frozenset[int]:
+    """Assistant turns (by index among assistant turns) whose regenerated answer hit max_tokens."""
+    reasons = (conversation.get("regen") or {}).get("finish_reasons") or []
+    return frozenset(j for j, r in enumerate(reasons) if r == "length")
 
 
 def tokenize_conversation(tokenizer: Any, conversation: dict[str, Any], max_length: int, thinking: bool) -> TokenizedSample:
-    """Render with the target's template, tokenise, mask assistant spans + end-of-turn, truncate."""
+    """Render with the target's template, tokenise piece by piece, mask the assistant spans, truncate.
+
+    Raises DataError when the template drops or rewrites an answer, or when the pieces do not
+    tokenise back to the rendered text.
+    """
     messages = conversation["messages"]
     text = render_chat(tokenizer, messages, thinking, add_generation_prompt=False)
-    spans = assistant_char_spans(tokenizer, messages, text, thinking)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    specials = _special_ids(tokenizer)
-    mask = [0] * len(ids)
-    t = 0
-    for start, end in spans:
-        while t < len(ids) and offsets[t][1] <= start and not (offsets[t][0] == offsets[t][1] == start):
-            t += 1
-        while t < len(ids) and offsets[t][0] < end:
-            mask[t] = 1
-            t += 1
-        # The end-of-turn token (e.g. <|im_end|>, <|eot_id|>) is generated by the target: supervise it.
-        if t < len(ids) and ids[t] in specials:
-            mask[t] = 1
-            t += 1
-    # Independent count for the coverage check: each answer tokenised alone, +1 end-of-turn, plus
-    # its reasoning where the template rendered it.
-    expected = 0
+    spans = assistant_spans(tokenizer, messages, text, thinking, _cut_turns(conversation))
+    ids: list[int] = []
+    mask: list[int] = []
+    cursor = 0
+    for sp in spans:
+        for piece, flag in ((text[cursor : sp.start], 0), (text[sp.start : sp.end], 1)):
+            piece_ids = _encode(tokenizer, piece)
+            ids += piece_ids
+            mask += [flag] * len(piece_ids)
+        cursor = sp.end
+    tail = _encode(tokenizer, text[cursor:])
+    ids, mask = ids + tail, mask + [0] * len(tail)
+    if tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) != text:
+        raise DataError(
+            f"conversation {conversation.get('id')!r}: the tokenizer does not reproduce the rendered text piece by piece",
+            "use a tokenizer whose encodings concatenate (byte-level BPE: Qwen, Llama 3, SmolLM2, GPT-2 style)",
+        )
+    # Independent count for the coverage check: each answer (and its reasoning where the template
+    # rendered it) tokenised alone from the record, plus the template's own text in the span.
     answers = [m for m in messages if m["role"] == "assistant"]
-    for m, (start, end) in zip(answers, spans, strict=True):
-        expected += len(tokenizer(m["content"].strip(), add_special_tokens=False)["input_ids"]) + 1
-        think = (m.get("thinking") or "").strip()
-        block = text[start : end - len(m["content"].strip())]  # the rendered thinking block, if any
-        if thinking and think and think in block:
-            expected += len(tokenizer(block, add_special_tokens=False)["input_ids"])
+    expected = edges = 0
+    for m, sp in zip(answers, spans, strict=True):
+        body = m["content"].strip()
+        edge = len(_encode(tokenizer, m["content"][: m["content"].find(body)])) if body else 0
+        edge += len(_encode(tokenizer, m["content"][m["content"].rfind(body) + len(body) :])) if body else 0
+        edges += edge
+        expected += len(_encode(tokenizer, body)) + edge
+        expected += sum(len(_encode(tokenizer, t)) for t in sp.template_pieces(text))
+        if sp.reasoning:
+            expected += len(_encode(tokenizer, m["thinking"]))
     full = sum(mask)
     truncated = len(ids) > max_length
     ids, mask = ids[:max_length], mask[:max_length]
     return TokenizedSample(
-        input_ids=list(ids),
+        input_ids=ids,
         loss_mask=mask,
         num_loss_tokens=sum(mask),
         num_assistant_tokens=expected,
         truncated=truncated,
         thinking=thinking,
         full_loss_tokens=full,
+        spans=[text[sp.start : sp.end] for sp in spans],
+        turns=len(spans),
+        edge_whitespace_tokens=edges,
     )
+
+
+# What to do about each reason a sample is skipped (shown with the counts).
+SKIP_HINTS = {
+    "no assistant turn": "regenerate answers with `deepspec data regen`",
+    "empty assistant answer": "regenerate the empty answers (`deepspec data regen`); fetch drops them from sources",
+    "answer not rendered by the chat template": "the template drops assistant turns: set target.chat_template",
+    "template rewrites a turn": "set target.chat_template to a template that renders each message once",
+    "tokenizer does not reproduce the text": "use the target's own (byte-level BPE) tokenizer",
+    "loss mask does not match the answer": "check the chat template (target.chat_template) with `deepspec data show`",
+    "too few loss tokens": "raise data.max_length or lower data.min_loss_tokens",
+}
 
 
 @dataclass
 class TokenizeStats:
     seen: int = 0
     kept: int = 0
+    truncated: int = 0  # kept samples cut to max_length
     skipped: Counter = field(default_factory=Counter)  # reason → samples
+
+    def describe_skips(self) -> str:
+        """'reason: n (fix), ...' for the skipped samples."""
+        return "; ".join(
+            f"{reason}: {n} ({SKIP_HINTS.get(reason, 'see deepspec data show')})"
+            for reason, n in self.skipped.most_common()
+        )
+
+
+def _classify(err: DataError) -> str:
+    text = err.message
+    if "does not appear" in text:
+        return "answer not rendered by the chat template"
+    if "does not reproduce" in text:
+        return "tokenizer does not reproduce the text"
+    return "template rewrites a turn"
+
+
+def _empty_answer(conv: dict[str, Any], thinking: bool) -> bool:
+    """An assistant turn with no content: only a thinking answer cut by max_tokens may lack one."""
+    cut = _cut_turns(conv)
+    answers = [m for m in conv["messages"] if m["role"] == "assistant"]
+    return any(
+        not m["content"].strip() and not (thinking and (m.get("thinking") or "").strip() and j in cut)
+        for j, m in enumerate(answers)
+    )
 
 
 def iter_tokenized(
@@ -193,8 +348,9 @@ def iter_tokenized(
 ) -> Iterator[tuple[str, TokenizedSample]]:
     """(conversation id, sample) for each usable conversation of a JSONL file, in file order.
 
-    Conversations without an assistant turn, whose answers the template drops, or with fewer than
-    ``min_loss_tokens`` supervised tokens after truncation are skipped and counted in ``stats``.
+    Skipped and counted by reason in ``stats`` (see :data:`SKIP_HINTS`): no assistant turn, an empty
+    answer, a template that drops or rewrites a turn, a mask whose size does not match the answers'
+    independent token count, fewer than ``min_loss_tokens`` supervised tokens after truncation.
     """
     stats = stats if stats is not None else TokenizeStats()
     for conv in read_conversations(path, limit=limit):
@@ -202,13 +358,33 @@ def iter_tokenized(
         if not any(m["role"] == "assistant" for m in conv["messages"]):
             stats.skipped["no assistant turn"] += 1
             continue
+        if _empty_answer(conv, thinking):
+            stats.skipped["empty assistant answer"] += 1
+            continue
         try:
             sample = tokenize_conversation(tokenizer, conv, max_length, thinking)
-        except DataError:
-            stats.skipped["answer not in rendered template"] += 1
+        except DataError as err:
+            stats.skipped[_classify(err)] += 1
+            continue
+        if sample.mask_problem():
+            stats.skipped["loss mask does not match the answer"] += 1
             continue
         if sample.num_loss_tokens < min_loss_tokens:
             stats.skipped["too few loss tokens"] += 1
             continue
         stats.kept += 1
+        stats.truncated += sample.truncated
         yield conv["id"], sample
+
+
+def require_samples(stats: TokenizeStats, files: list[str] | list[Path]) -> None:
+    """Raise DataError naming the files and every skip reason when no sample is usable."""
+    if stats.kept:
+        return
+    names = ", ".join(str(f) for f in files)
+    if not stats.seen:
+        raise DataError(f"{names} holds no conversations", "point data.train at regenerated conversation files")
+    raise DataError(
+        f"no usable training sample in {names}: 0 of {stats.seen} kept — {stats.describe_skips()}",
+        "fix the data or the settings named above, then rerun",
+    )
