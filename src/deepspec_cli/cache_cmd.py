@@ -136,8 +136,12 @@ def _print_summary(out_dir: Path, manifest: dict) -> None:
         f"{len(manifest['shards'])} shards, {_size(s['bytes'])} ({s['bytes_per_token']:,.0f} bytes/token), "
         f"{s['ratio_vs_raw_bf16']:.2f}× smaller than raw bf16 ({_size(s['raw_bf16_bytes'])}), codec {manifest['codec']}"
     )
+    if c.get("truncated"):
+        console.print(f"{c['truncated']:,} samples cut to data.max_length = {manifest['max_length']:,} tokens")
     if c["skipped"]:
-        console.print("skipped: " + ", ".join(f"{k}: {v:,}" for k, v in c["skipped"].items()))
+        from deepspec_core.data.tokenize import describe_skips
+
+        console.print("skipped: " + describe_skips(c["skipped"]))
 
 
 @handle_errors

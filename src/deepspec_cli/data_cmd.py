@@ -134,32 +134,47 @@ def show(
     n: int = typer.Option(2, "--n", help="Samples to show."),
     thinking: bool = typer.Option(False, "--thinking/--no-thinking", help="Render with thinking mode on."),
     max_length: int = typer.Option(4096, "--max-length", help="Truncation length, as in training."),
+    as_json: bool = typer.Option(
+        False, "--json", help="One JSON object per sample (id, supervised spans, counts, coverage) instead of colour."
+    ),
 ) -> None:
     """Print rendered samples with supervised tokens highlighted, and the loss-mask coverage."""
-    from deepspec_core.data.tokenize import TokenizeStats, iter_tokenized
+    import json
+
+    from deepspec_core.data.tokenize import SKIP_HINTS, TokenizeStats, iter_tokenized
     from deepspec_core.targets.hf import load_tokenizer
 
     tokenizer = load_tokenizer(target)
-    supervised = assistant = 0
     stats = TokenizeStats()
-    for conv_id, s in iter_tokenized(file, tokenizer, max_length, thinking, min_loss_tokens=0, stats=stats, limit=n):
+
+    def skipped(conv_id: str, reason: str) -> None:
+        if as_json:
+            print(json.dumps({"id": conv_id, "skipped": reason, "hint": SKIP_HINTS.get(reason)}, ensure_ascii=False))
+        else:
+            err_console.print(f"[yellow]skipped[/] {conv_id}: {reason} ({SKIP_HINTS.get(reason)})")
+
+    samples = iter_tokenized(file, tokenizer, max_length, thinking, min_loss_tokens=0, stats=stats, limit=n,
+                             on_skip=skipped)
+    for conv_id, s in samples:
+        if as_json:
+            print(json.dumps({
+                "id": conv_id, "spans": s.supervised_texts(tokenizer), "supervised_tokens": s.num_loss_tokens,
+                "tokens": s.num_tokens, "coverage": round(s.coverage, 4), "truncated": s.truncated,
+            }, ensure_ascii=False))
+            continue
         text = Text()
         for tid, m in zip(s.input_ids, s.loss_mask, strict=True):
             text.append(tokenizer.decode([tid]), style="bold black on green" if m else "dim")
         console.rule(f"{conv_id} · {s.num_tokens} tokens · {s.num_loss_tokens} supervised"
                      f"{' · truncated' if s.truncated else ''} · coverage {s.coverage:.2f}")
         console.print(text)
-        supervised += s.full_loss_tokens
-        assistant += s.num_assistant_tokens
-    coverage = supervised / max(assistant, 1)
-    console.rule()
-    for reason, count in stats.skipped.items():
-        err_console.print(f"[yellow]skipped:[/] {count} of {stats.seen} conversations ({reason})")
-    console.print(f"coverage (supervised / assistant tokens): [bold]{coverage:.3f}[/]  "
-                  "[dim](highlighted = supervised)[/]")
-    if not 0.9 <= coverage <= 1.2:
-        err_console.print("[yellow]warning:[/] the loss mask does not match the assistant turns; "
-                          "check the chat template (target.chat_template)")
+    if not as_json:
+        console.rule()
+        console.print(f"{stats.kept} of {stats.seen} samples usable [dim](highlighted = supervised; coverage = "
+                      "supervised / the answers' own token count)[/]")
+    if stats.skipped:
+        err_console.print(f"[yellow]warning:[/] {stats.seen - stats.kept} of {stats.seen} skipped — "
+                          f"{stats.describe_skips()}")
 
 
 for _module in EXTRA_COMMAND_MODULES:

@@ -25,7 +25,21 @@ def test_show_prints_samples_and_coverage(conv_file, tiny_model_dir):
     res = CliRunner().invoke(app, ["data", "show", str(conv_file), "--target", str(tiny_model_dir), "--n", "1"])
     assert res.exit_code == 0, res.output
     assert "s1" in res.output and "s2" not in res.output
-    assert "coverage (supervised / assistant tokens): 1.000" in res.output and "warning" not in res.output
+    assert "14 supervised · coverage 1.00" in res.output and "1 of 1 samples usable" in res.output
+    assert "warning" not in res.output
+
+
+def test_show_json_lists_the_supervised_spans_of_each_sample(conv_file, tiny_model_dir, tmp_path):
+    empty = {"id": "e", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}
+    conv_file.write_text(conv_file.read_text() + json.dumps(empty) + "\n")
+    res = CliRunner().invoke(app, ["data", "show", str(conv_file), "--target", str(tiny_model_dir), "--n", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert rows[0] == {"id": "s1", "spans": ["Paris is the capital.<|im_end|>", "It is 3.<|im_end|>"],
+                       "supervised_tokens": 14, "tokens": 61, "coverage": 1.0, "truncated": False}
+    assert rows[1]["id"] == "s2"
+    assert rows[2] == {"id": "e", "skipped": "empty assistant answer",
+                       "hint": "regenerate the empty answers (`deepspec data regen`); fetch drops them from sources"}
 
 
 def test_show_warns_when_the_template_drops_answers(conv_file, tiny_model_dir, tmp_path):
@@ -36,8 +50,8 @@ def test_show_warns_when_the_template_drops_answers(conv_file, tiny_model_dir, t
     tok.save_pretrained(tmp_path / "tok")
     res = CliRunner().invoke(app, ["data", "show", str(conv_file), "--target", str(tmp_path / "tok")])
     assert res.exit_code == 0, res.output
-    assert "skipped" in res.output and "answer not in rendered template" in res.output
-    assert "warning" in res.output
+    assert "skipped s1: answer not rendered by the chat template" in res.output
+    assert "warning: 2 of 2 skipped" in res.output and "set target.chat_template" in res.output
 
 
 def test_regen_settings_from_spec_with_cli_overrides():

@@ -137,6 +137,7 @@ def manifest_mismatches(manifest: dict[str, Any], expected: dict[str, Any]) -> l
         "chat_template_hash": manifest["target"].get("chat_template_hash"),
         "target.thinking": manifest.get("thinking"),
         "data.max_length": manifest.get("max_length"),
+        "loss_mask_version": manifest.get("loss_mask_version"),
     }
     lines = []
     for key, want in expected.items():

@@ -75,6 +75,7 @@ def iter_token_samples(
             yield conv_id, {
                 "input_ids": torch.tensor(s.input_ids, dtype=torch.long),
                 "loss_mask": torch.tensor(s.loss_mask, dtype=torch.bool),
+                "truncated": s.truncated,  # counted by the cache plan; not a tensor, never batched
             }
 
 
@@ -116,17 +117,19 @@ class OnlineFeatures(Dataset):
 
 
 def online_dataset(spec: Any, target: Any, files: Sequence[str] | None = None, stats: Any = None) -> OnlineFeatures:
-    """The training set of ``spec`` (``data.train`` unless ``files``) as live target features."""
+    """The training set of ``spec`` (``data.train`` unless ``files``) as live target features.
+
+    Raises DataError naming the files and the skip reasons when no sample is usable."""
+    from deepspec_core.data.tokenize import TokenizeStats, require_samples
+
+    stats = stats if stats is not None else TokenizeStats()
+    files = list(files if files is not None else spec.data.train)
     samples = [
         s
         for _, s in iter_token_samples(
-            files if files is not None else spec.data.train,
-            target.tokenizer,
-            spec.data.max_length,
-            spec.target.thinking,
-            spec.data.min_loss_tokens,
-            stats,
+            files, target.tokenizer, spec.data.max_length, spec.target.thinking, spec.data.min_loss_tokens, stats
         )
     ]
+    require_samples(stats, files)
     pad = target.tokenizer.pad_token_id or 0
     return OnlineFeatures(target.model, samples, spec.target.layer_ids, pad_id=pad, out_device=target.device)

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from deepspec_core.cache import format as fmt
 from deepspec_core.cache.codecs import get_codec
+from deepspec_core.data.tokenize import LOSS_MASK_VERSION
 from deepspec_core.errors import CacheError
 from deepspec_core.io import sha256_file
 
@@ -37,6 +38,7 @@ def expected_from_spec(spec: Any) -> dict[str, Any]:
         "target.layer_ids": list(spec.target.layer_ids),
         "target.thinking": spec.target.thinking,
         "data.max_length": spec.data.max_length,
+        "loss_mask_version": LOSS_MASK_VERSION,  # a cache from an older deepspec masks differently
     }
 
 

@@ -31,6 +31,7 @@ import torch
 from deepspec_core import __version__
 from deepspec_core.cache import format as fmt
 from deepspec_core.cache.codecs import Codec, get_codec
+from deepspec_core.data.tokenize import LOSS_MASK_VERSION, no_samples_error
 from deepspec_core.errors import CacheError, DataError
 from deepspec_core.io import atomic_path, atomic_write_json, sha256_file
 
@@ -51,6 +52,7 @@ class CacheConfig:
     thinking: bool
     sources: list[dict[str, Any]]  # path, sha256
     shard_tokens: int
+    loss_mask_version: int = LOSS_MASK_VERSION  # how input ids and loss masks were made (data.tokenize)
 
     def plan_dict(self) -> dict[str, Any]:
         return {"format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION, **asdict(self)}
@@ -68,6 +70,7 @@ class ShardPlan:
     shards: list[ShardSpan]
     skipped: dict[str, int]
     kept: dict[int, list[Sample]] = field(default_factory=dict)  # shard → samples this rank writes
+    truncated: int = 0  # samples cut to max_length (kept, with their first max_length tokens)
 
     @property
     def samples(self) -> int:
@@ -127,11 +130,13 @@ def plan_shards(
     shards: list[ShardSpan] = []
     kept: dict[int, list[Sample]] = {}
     cur = ShardSpan()
+    truncated = 0
     for _, s in samples:
         n_loss = int(torch.as_tensor(s["loss_mask"]).sum())
         if n_loss < min_loss_tokens:
             skipped["too few loss tokens"] += 1
             continue
+        truncated += bool(s.get("truncated", False))
         j = len(shards)
         if keep(j):
             # int32 ids: half the memory of int64 while the sample waits for its shard.
@@ -145,7 +150,7 @@ def plan_shards(
             cur = ShardSpan()
     if cur.samples:
         shards.append(cur)
-    return ShardPlan(shards, dict(sorted(skipped.items())), kept)
+    return ShardPlan(shards, dict(sorted(skipped.items())), kept, truncated)
 
 
 # -- shards --------------------------------------------------------------------------------------
@@ -225,7 +230,8 @@ def write_shard(
 # -- the whole cache -----------------------------------------------------------------------------
 
 
-def _check_plan(out_dir: Path, plan: dict[str, Any]) -> None:
+def _check_plan(out_dir: Path, plan: dict[str, Any], write: bool = True) -> None:
+    """Refuse a directory holding a cache of another plan; record the plan (when ``write``)."""
     path = out_dir / fmt.PLAN
     if path.is_file():
         old = json.loads(path.read_text())
@@ -235,7 +241,7 @@ def _check_plan(out_dir: Path, plan: dict[str, Any]) -> None:
                 f"{out_dir} holds a cache built with different {', '.join(diff)}",
                 "rerun with the same spec, data and codec to resume, or choose another --out (or delete it)",
             )
-    else:
+    elif write:
         atomic_write_json(path, plan)
 
 
@@ -263,14 +269,17 @@ def write_cache(
     if (out_dir / fmt.MANIFEST).is_file():
         _check_plan(out_dir, plan_dict)
         return fmt.read_manifest(out_dir) if rank == 0 else None
-    (out_dir / fmt.SHARDS).mkdir(parents=True, exist_ok=True)
-    _check_plan(out_dir, plan_dict)
+    _check_plan(out_dir, plan_dict, write=False)
 
     progress.phase("tokenising")
     def keep(j: int) -> bool:  # only samples still to write are held in memory
         return j % world_size == rank and _read_meta(out_dir, j) is None
 
     plan = plan_shards(samples, config.shard_tokens, config.min_loss_tokens, keep, skipped)
+    if not plan.samples:  # before anything is written, so the corrected command starts afresh
+        raise no_samples_error(", ".join(src["path"] for src in config.sources) or str(out_dir), plan.skipped)
+    (out_dir / fmt.SHARDS).mkdir(parents=True, exist_ok=True)
+    _check_plan(out_dir, plan_dict)
     spans = plan.shards
     for j in range(rank, len(spans), world_size):
         if j not in plan.kept and not _shard_done(out_dir, j, spans[j]):
@@ -334,6 +343,7 @@ def finalize_cache(
             "samples": len(index),
             "tokens": tokens,
             "loss_tokens": sum(m["loss_tokens"] for m in metas),
+            "truncated": plan.truncated,
             "skipped": plan.skipped,
         },
         "shards": [{k: m[k] for k in ("name", "samples", "tokens", "bytes", "sha256")} for m in metas],

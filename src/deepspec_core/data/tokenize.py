@@ -25,13 +25,17 @@ prompt, as at inference), never a token merged across the boundary.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deepspec_core.data.conversations import read_conversations
 from deepspec_core.errors import DataError
+
+# Bumped whenever the ids or masks of a conversation change; caches record it and a run refuses a
+# cache made another way. 2: masks from the template's structure, piecewise tokenisation.
+LOSS_MASK_VERSION = 2
 
 # Private-use characters: no tokenizer-independent text a user brings is expected to hold them,
 # and the renders are checked to be sure.
@@ -59,6 +63,16 @@ class TokenizedSample:
     def coverage(self) -> float:
         """Supervised / assistant tokens before truncation; ~1.0 when the mask is right."""
         return self.full_loss_tokens / max(self.num_assistant_tokens, 1)
+
+    def supervised_texts(self, tokenizer: Any) -> list[str]:
+        """The decoded text of each run of supervised tokens, in order (what the draft learns)."""
+        runs: list[list[int]] = [[]]
+        for tid, m in zip(self.input_ids, self.loss_mask, strict=True):
+            if m:
+                runs[-1].append(tid)
+            elif runs[-1]:
+                runs.append([])
+        return [tokenizer.decode(r, skip_special_tokens=False, clean_up_tokenization_spaces=False) for r in runs if r]
 
     def mask_problem(self) -> str | None:
         """Why the mask does not match the answers' independent token count, or None when it does.
@@ -303,6 +317,25 @@ SKIP_HINTS = {
 }
 
 
+def describe_skips(skipped: Mapping[str, int]) -> str:
+    """'reason: n (what to do); ...' for skipped samples, most frequent first."""
+    return "; ".join(
+        f"{reason}: {n} ({SKIP_HINTS.get(reason, 'see deepspec data show')})"
+        for reason, n in sorted(skipped.items(), key=lambda kv: -kv[1])
+    )
+
+
+def no_samples_error(where: str, skipped: Mapping[str, int], seen: int | None = None) -> DataError:
+    """The error for a data set left with no usable sample, naming the file and every skip reason."""
+    total = sum(skipped.values()) if seen is None else seen
+    if not total:
+        return DataError(f"{where} holds no conversations", "point data.train at regenerated conversation files")
+    return DataError(
+        f"no usable training sample in {where}: 0 of {total} kept — {describe_skips(skipped)}",
+        "fix the data or the setting named above, then rerun",
+    )
+
+
 @dataclass
 class TokenizeStats:
     seen: int = 0
@@ -311,11 +344,12 @@ class TokenizeStats:
     skipped: Counter = field(default_factory=Counter)  # reason → samples
 
     def describe_skips(self) -> str:
-        """'reason: n (fix), ...' for the skipped samples."""
-        return "; ".join(
-            f"{reason}: {n} ({SKIP_HINTS.get(reason, 'see deepspec data show')})"
-            for reason, n in self.skipped.most_common()
-        )
+        return describe_skips(self.skipped)
+
+    def summary(self, max_length: int) -> str:
+        """One line for a run's log: usable, cut to max_length, skipped by reason."""
+        line = f"data: {self.kept:,} of {self.seen:,} conversations usable, {self.truncated:,} cut to data.max_length = {max_length}"
+        return line + (f"; skipped — {self.describe_skips()}" if self.skipped else "")
 
 
 def _classify(err: DataError) -> str:
@@ -345,46 +379,43 @@ def iter_tokenized(
     min_loss_tokens: int = 1,
     stats: TokenizeStats | None = None,
     limit: int | None = None,
+    on_skip: Callable[[str, str], None] | None = None,
 ) -> Iterator[tuple[str, TokenizedSample]]:
     """(conversation id, sample) for each usable conversation of a JSONL file, in file order.
 
     Skipped and counted by reason in ``stats`` (see :data:`SKIP_HINTS`): no assistant turn, an empty
     answer, a template that drops or rewrites a turn, a mask whose size does not match the answers'
     independent token count, fewer than ``min_loss_tokens`` supervised tokens after truncation.
+    ``on_skip(id, reason)`` hears of each skipped conversation.
     """
     stats = stats if stats is not None else TokenizeStats()
     for conv in read_conversations(path, limit=limit):
         stats.seen += 1
+        reason = sample = None
         if not any(m["role"] == "assistant" for m in conv["messages"]):
-            stats.skipped["no assistant turn"] += 1
-            continue
-        if _empty_answer(conv, thinking):
-            stats.skipped["empty assistant answer"] += 1
-            continue
-        try:
-            sample = tokenize_conversation(tokenizer, conv, max_length, thinking)
-        except DataError as err:
-            stats.skipped[_classify(err)] += 1
-            continue
-        if sample.mask_problem():
-            stats.skipped["loss mask does not match the answer"] += 1
-            continue
-        if sample.num_loss_tokens < min_loss_tokens:
-            stats.skipped["too few loss tokens"] += 1
+            reason = "no assistant turn"
+        elif _empty_answer(conv, thinking):
+            reason = "empty assistant answer"
+        else:
+            try:
+                sample = tokenize_conversation(tokenizer, conv, max_length, thinking)
+            except DataError as err:
+                reason = _classify(err)
+        if sample is not None and sample.mask_problem():
+            reason = "loss mask does not match the answer"
+        elif sample is not None and sample.num_loss_tokens < min_loss_tokens:
+            reason = "too few loss tokens"
+        if reason is not None or sample is None:
+            stats.skipped[reason] += 1
+            if on_skip:
+                on_skip(conv["id"], reason)
             continue
         stats.kept += 1
         stats.truncated += sample.truncated
         yield conv["id"], sample
 
 
-def require_samples(stats: TokenizeStats, files: list[str] | list[Path]) -> None:
-    """Raise DataError naming the files and every skip reason when no sample is usable."""
-    if stats.kept:
-        return
-    names = ", ".join(str(f) for f in files)
-    if not stats.seen:
-        raise DataError(f"{names} holds no conversations", "point data.train at regenerated conversation files")
-    raise DataError(
-        f"no usable training sample in {names}: 0 of {stats.seen} kept — {stats.describe_skips()}",
-        "fix the data or the settings named above, then rerun",
-    )
+def require_samples(stats: TokenizeStats, files: Sequence[str | Path]) -> None:
+    """Raise :func:`no_samples_error` when no sample of ``files`` is usable."""
+    if not stats.kept:
+        raise no_samples_error(", ".join(str(f) for f in files), stats.skipped, stats.seen)

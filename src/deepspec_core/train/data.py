@@ -215,10 +215,13 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
     target_path = resolve_model(spec.target.model)
     if spec.cache.online:
         from deepspec_core.cache.online import online_dataset
+        from deepspec_core.data.tokenize import TokenizeStats
         from deepspec_core.targets.hf import load_target_from_spec
 
         target = load_target_from_spec(spec.target, device=str(device))
-        dataset = online_dataset(spec, target)
+        stats = TokenizeStats()
+        dataset = online_dataset(spec, target, stats=stats)
+        say(stats.summary(spec.data.max_length))
         config = target.config
         embed, head = frozen_weights_from_model(target.model)
     else:
