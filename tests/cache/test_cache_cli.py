@@ -86,3 +86,28 @@ def test_errors_are_one_line(setup, tmp_path):
     assert not (tmp_path / "x").exists()  # nothing written, nothing loaded
     res = runner.invoke(app, ["data", "inspect", str(tmp_path / "nowhere")])
     assert res.exit_code == 1 and "no feature cache" in res.output and "Traceback" not in res.output
+
+
+def test_no_usable_sample_is_one_error_and_the_fixed_command_then_works(tiny_target, tmp_path):
+    """Every sample too short for min_loss_tokens after truncation: one line naming the file, the
+    count by reason and the fix; nothing written, so the corrected command runs."""
+    data = tmp_path / "short.jsonl"
+    rows = [{"id": f"s{i}", "messages": [{"role": "user", "content": "Write a long function " * 8},
+                                         {"role": "assistant", "content": "def f(x):\n    return x * 2"}]}
+            for i in range(3)]
+    rows.append({"id": "empty", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'[target]\nmodel = "{tiny_target}"\nlayer_ids = [0, 1, 2]\n'
+                    f'[data]\ntrain = ["{data}"]\nmax_length = 40\nmin_loss_tokens = 8\n'
+                    f'[cache]\npath = "{tmp_path / "cache"}"\n')
+    res = runner.invoke(app, ["data", "cache", str(spec)])
+    assert res.exit_code == 1, res.output
+    line = " ".join(res.output.split())
+    assert f"no usable training sample in {data}: 0 of 4 kept" in line
+    assert "too few loss tokens: 3 (raise data.max_length or lower data.min_loss_tokens)" in line
+    assert "empty assistant answer: 1" in line and "nan" not in line and "Traceback" not in res.output
+    assert not (tmp_path / "cache" / fmt.PLAN).exists()
+    res = runner.invoke(app, ["data", "cache", str(spec), "--set", "data.max_length=200"])
+    assert res.exit_code == 0, res.output
+    assert "cache complete" in res.output and "3 samples" in res.output and "empty assistant answer: 1" in res.output

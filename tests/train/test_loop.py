@@ -94,3 +94,21 @@ def test_sigterm_asks_for_a_checkpoint_instead_of_dying():
         os.kill(os.getpid(), signal.SIGTERM)
         assert req.agreed(DistEnv(), torch.device("cpu")) and "SIGTERM" in notes[0]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_online_training_with_no_usable_sample_fails_clearly_and_claims_nothing(make_spec, tmp_path):
+    """Online mode tokenises like the cache: every sample cut below min_loss_tokens is one error
+    naming the file and the fix, and the run directory stays free for the corrected command."""
+    from deepspec_core.errors import DataError
+
+    spec = make_spec("dflash", "data.max_length=20", "data.min_loss_tokens=8")
+    with pytest.raises(DataError) as info:
+        train(spec, _quiet())
+    assert "no usable training sample in" in info.value.message and "0 of 105 kept" in info.value.message
+    assert "too few loss tokens: 105 (raise data.max_length or lower data.min_loss_tokens)" in info.value.message
+    assert not (spec.run_dir() / "spec.toml").exists()
+    messages: list[str] = []
+    res = train(make_spec("dflash", "train.max_steps=1", "train.val_samples=0"), _quiet(messages))
+    assert res.steps == 1
+    assert ("data: 103 of 105 conversations usable, 86 cut to data.max_length = 96; skipped — too few loss "
+            "tokens: 2 (raise data.max_length or lower data.min_loss_tokens)") in messages

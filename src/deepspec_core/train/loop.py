@@ -168,16 +168,20 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
     say = rt.say if env.is_main else (lambda _msg: None)
     t_start = time.time()
 
-    # 1. The run directory: resume, refuse a changed spec, or start fresh (the main process writes).
+    # 1. Check the run directory (resume, or refuse a changed spec) without writing: a start that
+    # fails on its data or target must not claim the directory for the corrected command.
+    ckpt.prepare_run_dir(spec, fresh=rt.fresh, write=False)
+
+    # 2. Data, target pieces and the draft. Every process builds the same initial weights.
+    torch.manual_seed(spec.seed)
+    parts = build_parts(spec, device, say)
+
+    # 3. Claim the run directory (the main process writes).
     if env.is_main:
         run, resume_from = ckpt.prepare_run_dir(spec, fresh=rt.fresh, write=True)
     _barrier(env)
     if not env.is_main:
         run, resume_from = ckpt.prepare_run_dir(spec, fresh=False, write=False)
-
-    # 2. Data, target pieces and the draft. Every process builds the same initial weights.
-    torch.manual_seed(spec.seed)
-    parts = build_parts(spec, device, say)
     draft = parts.draft
     num_train = parts.num_train
     sched = derive_schedule(spec.train, num_train, env.world_size)
@@ -185,7 +189,7 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
         num_train, spec.train.global_batch_size, spec.train.micro_batch_size, env.world_size, spec.seed
     )
 
-    # 3. Resume: weights (before wrapping), optimizer, data position, RNG.
+    # 4. Resume: weights (before wrapping), optimizer, data position, RNG.
     state = ckpt.TrainState(world_size=env.world_size, total_steps=sched.total_steps)
     resumed_step = None
     if resume_from is not None:
@@ -224,7 +228,7 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
             torch.manual_seed(spec.seed + env.rank)
     state.world_size = env.world_size
 
-    # 4. The loop.
+    # 5. The loop.
     logger = MetricsLogger(run.path, spec, state.step, say) if env.is_main else None
     batches = parts.train_batches(plan, env.rank, state.step, sched.total_steps, spec.train.num_workers)
     window: list[dict[str, Any]] = []
