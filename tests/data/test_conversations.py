@@ -23,6 +23,17 @@ def test_openai_messages_with_content_parts_and_reasoning():
     assert messages == [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi", "thinking": "greet back"}]
 
 
+def test_a_row_level_system_prompt_becomes_the_first_message():
+    for key in ("system", "system_prompt"):
+        row = {key: "You are terse.", "source": "x",
+               "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}
+        messages, _, meta = normalize_row(row)
+        assert messages[0] == {"role": "system", "content": "You are terse."} and len(messages) == 3
+        assert meta == {"source": "x"}  # not duplicated into meta
+    same = {"system": "S", "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "q"}]}
+    assert normalize_row(same)[0] == [{"role": "system", "content": "S"}, {"role": "user", "content": "q"}]
+
+
 def test_turns_are_user_turns():
     messages, _, _ = normalize_row({"turns": ["first", "second"]})
     assert [m["role"] for m in messages] == ["user", "user"]
@@ -33,7 +44,17 @@ def test_turns_are_user_turns():
     [
         ("text", "row is not an object"),
         ({"text": "hi"}, "no messages/conversations/turns field"),
-        ({"conversations": [{"from": "alien", "value": "x"}]}, "unknown role"),
+        ({"conversations": [{"from": "alien", "value": "x"}]}, "unknown role 'alien'"),
+        ({"conversations": [{"value": "x"}]}, "turn without a role"),
+        ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{}"}]},
+         "tool-call turn (role 'function_call')"),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "42"}]}, "tool-call turn (role 'tool')"),
+        ({"messages": [{"role": "user", "content": "q"},
+                       {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]}]},
+         "tool-call turn (assistant with tool_calls)"),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " \n"}]}, "empty assistant answer"),
+        ({"system": "Be terse.", "messages": [{"role": "system", "content": "Be verbose."}, {"role": "user", "content": "q"}]},
+         "conflicting system prompts (row field and first message)"),
         ({"conversations": [{"from": "human", "value": "  "}]}, "empty content"),
         ({"conversations": [{"from": "gpt", "value": "only an answer"}]}, "no user turn"),
         ({"messages": [{"role": "user", "content": {"img": 1}}]}, "non-text content"),

@@ -34,7 +34,7 @@ def test_fetch_sharegpt_with_bad_rows(sharegpt_file, tmp_path):
     r = fetch(str(sharegpt_file), out, test_size=0.2, seed=1)
     assert r.rows_in == 25
     assert r.kept == 20 and r.duplicates == 1
-    assert dict(r.dropped) == {"unknown role": 1, "empty content": 1, "no messages/conversations/turns field": 1,
+    assert dict(r.dropped) == {"unknown role 'narrator'": 1, "empty content": 1, "no messages/conversations/turns field": 1,
                                "invalid JSON": 1}
     train = list(read_conversations(out))
     held = list(read_conversations(heldout_path(out)))
@@ -87,7 +87,7 @@ def test_fetch_cli_prints_summary(sharegpt_file, tmp_path):
     out = tmp_path / "cli.jsonl"
     res = CliRunner().invoke(app, ["data", "fetch", str(sharegpt_file), "--out", str(out), "--test-size", "2"])
     assert res.exit_code == 0, res.output
-    assert "dropped: unknown role" in res.output and "duplicates removed" in res.output
+    assert "dropped: unknown role 'narrator'" in res.output and "duplicates removed" in res.output
     assert sum(1 for _ in open(out)) == 18
     res = CliRunner().invoke(app, ["data", "fetch", str(tmp_path / "missing.parquet"), "--out", str(out)])
     assert res.exit_code == 1 and "does not exist" in res.output and "Traceback" not in res.output
@@ -110,3 +110,40 @@ def test_fetch_hub_dataset_through_datasets(monkeypatch, tmp_path):
     assert r.kept == 4 and r.rows_in == 4
     with pytest.raises(DataError, match="cannot load dataset 'missing/dataset'"):
         fetch("missing/dataset", tmp_path / "m.jsonl")
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "json", "jsonl"])
+def test_fetch_brings_row_system_prompts_in_and_drops_tool_turns_and_empty_answers(tmp_path, fmt):
+    """The inputs users bring, in every file format: each drop is counted under a reason that names
+    the role or kind."""
+    rows = [
+        {"system_prompt": "You are terse.", "messages": [{"role": "user", "content": "q1"},
+                                                         {"role": "assistant", "content": "a1"}]},
+        {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "   "}]},
+        {"messages": [{"role": "user", "content": "q3"}, {"role": "assistant", "content": None,
+                                                          "tool_calls": [{"id": "t"}]}]},
+        {"messages": [{"role": "user", "content": "q4"}, {"role": "tool", "content": "{}"}]},
+        {"messages": [{"role": "user", "content": "q5"}, {"role": "critic", "content": "meh"}]},
+        {"messages": [{"role": "user", "content": "q6"}, {"role": "assistant", "content": "a6"}]},
+    ]
+    src = tmp_path / f"src.{fmt}"
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        # parquet columns: messages as a list of structs, like hub exports
+        table = pa.Table.from_pylist([{"messages": [{k: m.get(k) for k in ("role", "content")} |
+                                                    ({"tool_calls": json.dumps(m["tool_calls"])} if "tool_calls" in m else {})
+                                                    for m in r["messages"]],
+                                       "system_prompt": r.get("system_prompt")} for r in rows])
+        pq.write_table(table, src)
+    elif fmt == "json":
+        src.write_text(json.dumps(rows))
+    else:
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = fetch(str(src), tmp_path / "out.jsonl", test_size=0)
+    assert r.kept == 2 and dict(r.dropped) == {
+        "empty assistant answer": 1, "tool-call turn (assistant with tool_calls)": 1,
+        "tool-call turn (role 'tool')": 1, "unknown role 'critic'": 1}
+    first = next(read_conversations(tmp_path / "out.jsonl"))
+    assert first["messages"][0] == {"role": "system", "content": "You are terse."}

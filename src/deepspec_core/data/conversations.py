@@ -34,7 +34,10 @@ _SHAREGPT_ROLES = {
     "bing": "assistant",
     "model": "assistant",
 }
+# Speakers of tool use: such turns are dropped with their kind named (deepspec trains on chat turns).
+_TOOL_ROLES = {"tool", "function", "function_call", "observation", "ipython", "tool_call", "tool_response"}
 _ID_KEYS = ("id", "conversation_id", "prompt_id", "uuid")
+_SYSTEM_KEYS = ("system", "system_prompt")  # row-level system prompt columns (ShareGPT exports, SFT sets)
 
 
 class BadRow(ValueError):
@@ -62,6 +65,17 @@ def _text(value: Any) -> str:
     raise BadRow("non-text content")
 
 
+def _role(speaker: Any) -> str:
+    """A source speaker name → our role; raises BadRow naming tool turns and unknown roles."""
+    name = str(speaker).strip().lower() if speaker is not None else ""
+    if name in _TOOL_ROLES:
+        raise BadRow(f"tool-call turn (role {name!r})")
+    role = _SHAREGPT_ROLES.get(name)
+    if role is None:
+        raise BadRow(f"unknown role {name!r}" if name else "turn without a role")
+    return role
+
+
 def _from_sharegpt(turns: Any) -> list[dict[str, Any]]:
     if not isinstance(turns, list):
         raise BadRow("conversations is not a list")
@@ -69,10 +83,7 @@ def _from_sharegpt(turns: Any) -> list[dict[str, Any]]:
     for turn in turns:
         if not isinstance(turn, dict):
             raise BadRow("turn is not an object")
-        speaker = turn.get("from", turn.get("role"))
-        role = _SHAREGPT_ROLES.get(str(speaker).lower()) if speaker is not None else None
-        if role is None:
-            raise BadRow("unknown role")
+        role = _role(turn.get("from", turn.get("role")))
         out.append({"role": role, "content": _text(turn.get("value", turn.get("content")))})
     return out
 
@@ -84,9 +95,9 @@ def _from_openai(messages: Any) -> list[dict[str, Any]]:
     for m in messages:
         if not isinstance(m, dict):
             raise BadRow("turn is not an object")
-        role = _SHAREGPT_ROLES.get(str(m.get("role", "")).lower())
-        if role is None:
-            raise BadRow("unknown role")
+        role = _role(m.get("role"))
+        if m.get("tool_calls") or m.get("function_call"):
+            raise BadRow(f"tool-call turn ({role} with tool_calls)")
         msg = {"role": role, "content": _text(m.get("content"))}
         thinking = m.get("thinking", m.get("reasoning_content"))
         if role == "assistant" and isinstance(thinking, str) and thinking.strip():
@@ -123,8 +134,10 @@ def normalize_row(row: Any) -> tuple[list[dict[str, Any]], str | None, dict[str,
     """One source row → (messages, source id or None, meta). Raises :class:`BadRow`.
 
     Accepted layouts: ShareGPT ``conversations`` (``from``/``value``), OpenAI ``messages``
-    (``role``/``content``), and ``{"turns": [user, ...]}``. Scalar columns besides the chat
-    (e.g. ``source``, ``category``) are kept in ``meta``.
+    (``role``/``content``), and ``{"turns": [user, ...]}``; a row-level ``system`` or
+    ``system_prompt`` becomes the first system message. Scalar columns besides the chat (e.g.
+    ``source``, ``category``) are kept in ``meta``. Tool-call turns, unknown roles and empty
+    assistant answers drop the row, with a reason naming the role or kind.
     """
     if not isinstance(row, dict):
         raise BadRow("row is not an object")
@@ -136,13 +149,30 @@ def normalize_row(row: Any) -> tuple[list[dict[str, Any]], str | None, dict[str,
         messages, key = _from_turns(row["turns"]), "turns"
     else:
         raise BadRow("no messages/conversations/turns field")
+    messages = _with_row_system(row, messages)
     check_messages(messages)
+    if any(m["role"] == "assistant" and not m["content"].strip() for m in messages):
+        raise BadRow("empty assistant answer")
     source_id = next((str(row[k]) for k in _ID_KEYS if row.get(k) not in (None, "")), None)
     meta = dict(row["meta"]) if isinstance(row.get("meta"), dict) else {}
     for k, v in row.items():
-        if k not in (key, "meta", *_ID_KEYS) and isinstance(v, (str, int, float, bool)):
+        if k not in (key, "meta", *_ID_KEYS, *_SYSTEM_KEYS) and isinstance(v, (str, int, float, bool)):
             meta.setdefault(k, v)
     return messages, source_id, meta
+
+
+def _with_row_system(row: dict[str, Any], messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A row-level ``system`` / ``system_prompt`` column becomes the first system message (the
+    template must see it); one that contradicts the conversation's own system message is refused."""
+    given = {str(row[k]).strip() for k in _SYSTEM_KEYS if isinstance(row.get(k), str) and row[k].strip()}
+    if not given:
+        return messages
+    own = messages[0]["content"].strip() if messages and messages[0]["role"] == "system" else None
+    if len(given) > 1 or (own is not None and own not in given):
+        raise BadRow("conflicting system prompts (row field and first message)")
+    if own is not None:
+        return messages
+    return [{"role": "system", "content": given.pop()}, *messages]
 
 
 def make_conversation(messages: list[dict[str, Any]], conv_id: str, meta: dict[str, Any]) -> dict[str, Any]:
