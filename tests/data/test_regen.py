@@ -86,6 +86,29 @@ def test_conversation_turns_multi_turn():
     assert out.tokens == 12 and out.truncated
 
 
+@pytest.mark.parametrize(
+    ("answer", "thinking", "error"),
+    [
+        (TurnResult("", None, "stop", 1), False, "answer 1: the target returned an empty answer"),
+        (TurnResult("  ", None, "length", 9), False, "max_tokens ran out after 9 tokens, before any content"),
+        (TurnResult("", "let me see", "stop", 9), True, "the answer is empty after its reasoning"),
+        (TurnResult("", "let me see", "length", 9), True, None),  # cut inside its reasoning: kept, truncated
+        (TurnResult("", "let me see", "stop", 9), False, "the target returned an empty answer"),
+    ],
+)
+def test_no_empty_answer_is_a_success(answer, thinking, error):
+    conv = {"id": "x", "messages": [{"role": "user", "content": "u1"}]}
+    gen = conversation_turns(conv, "b", "m", Sampling(), thinking=thinking)
+    next(gen)
+    with pytest.raises(StopIteration) as stop:
+        gen.send(answer)
+    out = stop.value.value
+    if error is None:
+        assert out.record is not None and out.truncated and out.record["messages"][-1]["thinking"] == "let me see"
+    else:
+        assert out.record is None and error in out.error
+
+
 def test_order_failures_truncation_and_retry(tmp_path):
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = write_convs(src, 10)
@@ -182,12 +205,26 @@ def test_sampled_answers_depend_on_the_seed_alone(tiny_lm, tmp_path):
     assert json.loads(open(tmp_path / "a.jsonl").readline())["regen"]["sampling"]["seed"] == 3
 
 
+def test_local_backend_refuses_prompts_beyond_the_context(tiny_lm, tmp_path):
+    """prompt + max_tokens over the target's 2,048 positions: an error with both numbers, no answer."""
+    model, tok = tiny_lm
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_convs(src, 2, turns=1)
+    r = regenerate(src, out, LocalBackend(model, tok, "tiny-random"), Sampling(temperature=0.0, max_tokens=2040),
+                   thinking=False)
+    assert (r.ok, r.failed) == (0, 2)
+    errors = [json.loads(line)["error"] for line in open(errors_path(out))]
+    assert all(e.startswith("prompt of ") and "+ max_tokens 2040 = " in e and "context of 2048 tokens" in e
+               for e in errors), errors
+
+
 def test_local_backend_multi_turn(tiny_lm, tmp_path):
     model, tok = tiny_lm
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = write_convs(src, 5, turns=2)
     backend = LocalBackend(model, tok, "tiny-random", batch_size=2)
-    r = regenerate(src, out, backend, Sampling(temperature=0.0, max_tokens=6), thinking=False)
+    # Sampled: this random model's greedy choice is a special token, an empty answer (refused).
+    r = regenerate(src, out, backend, Sampling(temperature=1.0, top_k=0, top_p=1.0, max_tokens=6), thinking=False)
     assert r.ok == 5 and r.failed == 0 and r.tokens > 0
     records = [json.loads(line) for line in open(out)]
     assert [c["id"] for c in records] == ids

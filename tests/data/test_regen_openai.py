@@ -163,3 +163,46 @@ def test_cli_openai_backend(server, tiny_target, tmp_path):
     down = OpenAIServer(tiny_target, down=True).start()
     res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o2.jsonl"), "--server", down.url])
     assert res.exit_code == 1 and "no inference server answered" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(
+    ("mode", "thinking", "error", "attempts"),
+    [
+        ("5xx", False, "HTTP 502", 2),
+        ("hang", False, "timed out", 2),
+        ("context400", False, "HTTP 400 from", 1),
+        ("empty", False, "answer 1: the target returned an empty answer", None),
+        ("reasoning_only", False, "reasoning_content and left content empty while thinking is off", 1),
+        ("reasoning_only", True, "answer 1: the answer is empty after its reasoning", None),
+        ("length_empty", False, "max_tokens ran out after 10 tokens, before any content", None),
+        ("not_json", False, "not JSON", 2),
+    ],
+)
+def test_a_misbehaving_server_never_yields_a_success(tiny_target, tmp_path, mode, thinking, error, attempts):
+    """No empty or invalid answer is written: each way a server fails ends in the errors file with
+    a message that says what happened (and, for a reasoning parser, which flag to change)."""
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_convs(src, 2)
+    with OpenAIServer(tiny_target, misbehave=mode, hang_s=2.0) as bad:
+        backend = OpenAIBackend([bad.url], concurrency=2, timeout=0.5, max_retries=1, backoff=0.01)
+        backend.probe()
+        r = regenerate(src, out, backend, GREEDY, thinking=thinking)
+    assert (r.ok, r.failed, r.written) == (0, 2, 0)
+    errors = [json.loads(line)["error"] for line in open(errors_path(out))]
+    assert all(error in e for e in errors), errors
+    if attempts:
+        assert all(f"after {attempts} attempts" in e for e in errors), errors
+    if mode == "reasoning_only" and not thinking:
+        assert "--reasoning-parser" in errors[0]
+    if mode == "context400":
+        assert "maximum context length is 2048 tokens" in errors[0]
+
+
+def test_cli_reports_reasoning_only_answers_as_failures(tiny_target, tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_convs(src, 2)
+    with OpenAIServer(tiny_target, misbehave="reasoning_only") as bad:
+        res = CliRunner().invoke(app, ["data", "regen", "--in", str(src), "--out", str(out), "--target", "tiny",
+                                       "--backend", "openai", "--server", bad.url, "--max-tokens", "6"])
+    assert res.exit_code == 0, res.output
+    assert "2 conversations failed" in res.output and not out.read_text()

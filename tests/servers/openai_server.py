@@ -4,7 +4,8 @@ It speaks the subset of the chat-completions schema that vLLM and SGLang speak (
 ``min_p`` and ``chat_template_kwargs`` as top-level extras; ``reasoning_content`` when thinking).
 Requests waiting at the same time are generated together in one batch (like a serving engine), so
 client concurrency is measurable. ``fail_rate`` answers that share of chat requests with a 503;
-``down=True`` reserves a port where nothing listens.
+``down=True`` reserves a port where nothing listens; ``misbehave`` answers every chat request in one
+of the ways real servers fail (:data:`MISBEHAVIOURS`). Every request is bounded in time.
 
 Run by hand: ``python tests/servers/openai_server.py MODEL_DIR --port 8000``.
 """
@@ -31,6 +32,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# How a real server can fail a chat request, each seen in the field.
+MISBEHAVIOURS = (
+    "5xx",  # an overloaded or crashed engine behind a proxy
+    "hang",  # no answer within the client's timeout (the handler gives up after ``hang_s``)
+    "context400",  # vLLM's refusal of prompt + max_tokens beyond max_model_len
+    "empty",  # content "" with finish_reason stop
+    "reasoning_only",  # content null, the answer in reasoning_content (a reasoning parser, thinking off)
+    "length_empty",  # content "" with finish_reason length
+    "not_json",  # an HTML error page with status 200
+)
+
+
 class _Job:
     def __init__(self, body: dict[str, Any]):
         self.body = body
@@ -41,8 +54,12 @@ class _Job:
 
 class OpenAIServer:
     def __init__(self, model_dir: Path | str, name: str = "tiny", fail_rate: float = 0.0, down: bool = False,
-                 max_batch: int = 16, seed: int = 0, port: int | None = None):
+                 max_batch: int = 16, seed: int = 0, port: int | None = None, misbehave: str | None = None,
+                 hang_s: float = 3.0):
+        if misbehave is not None and misbehave not in MISBEHAVIOURS:
+            raise ValueError(f"misbehave must be one of {MISBEHAVIOURS}")
         self.model_dir, self.name, self.fail_rate, self.down, self.max_batch = Path(model_dir), name, fail_rate, down, max_batch
+        self.misbehave, self.hang_s = misbehave, hang_s
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests = 0
@@ -138,6 +155,8 @@ class OpenAIServer:
                     return self._send(503, {"error": {"message": "injected failure"}})
                 if body.get("model") != server.name:
                     return self._send(404, {"error": {"message": f"model {body.get('model')!r} not served"}})
+                if server.misbehave:
+                    return self._misbehave(server.misbehave, body)
                 job = _Job(body)
                 server._jobs.put(job)
                 job.done.wait()
@@ -149,6 +168,36 @@ class OpenAIServer:
                     "id": f"chatcmpl-{server.requests}", "object": "chat.completion", "model": server.name,
                     "choices": [{"index": 0, "message": msg, "finish_reason": a.finish_reason}],
                     "usage": {"completion_tokens": a.tokens},
+                })
+
+            def _misbehave(self, mode: str, body: dict[str, Any]) -> None:
+                if mode == "5xx":
+                    return self._send(502, {"error": {"message": "bad gateway"}})
+                if mode == "hang":
+                    time.sleep(server.hang_s)
+                    return self._send(504, {"error": {"message": "gateway timeout"}})
+                if mode == "context400":
+                    return self._send(400, {"error": {"type": "BadRequestError", "message": (
+                        "This model's maximum context length is 2048 tokens. However, you requested "
+                        f"{2000 + int(body.get('max_tokens', 0))} tokens (2000 in the messages, "
+                        f"{body.get('max_tokens')} in the completion).")}})
+                if mode == "not_json":
+                    data = b"<html><body>502 Bad Gateway</body></html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return None
+                content, reasoning, finish = {"empty": ("", None, "stop"),
+                                              "reasoning_only": (None, "The answer is 4.", "stop"),
+                                              "length_empty": ("", None, "length")}[mode]
+                tokens = int(body.get("max_tokens", 16)) if finish == "length" else 5
+                return self._send(200, {
+                    "id": "chatcmpl-x", "object": "chat.completion", "model": server.name,
+                    "choices": [{"index": 0, "finish_reason": finish,
+                                 "message": {"role": "assistant", "content": content, "reasoning_content": reasoning}}],
+                    "usage": {"completion_tokens": tokens},
                 })
 
         return Handler

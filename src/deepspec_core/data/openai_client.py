@@ -86,6 +86,12 @@ def parse_answer(resp: dict[str, Any], thinking: bool) -> TurnResult:
     content = msg.get("content") or ""
     # vLLM/SGLang reasoning parsers put the thinking here; without a parser it stays in the content.
     reasoning = msg.get("reasoning_content") or msg.get("reasoning")
+    if not thinking and reasoning and not content.strip():
+        # A reasoning parser on a model run with thinking off files the whole answer as reasoning.
+        raise RequestFailed(
+            "the server returned the answer in reasoning_content and left content empty while thinking is off "
+            "(its reasoning parser split the output): serve without --reasoning-parser, or regenerate with "
+            "--thinking", retry=False)
     if reasoning is None and thinking:
         content, reasoning = split_thinking(content)
     tokens = int((resp.get("usage") or {}).get("completion_tokens") or 0)

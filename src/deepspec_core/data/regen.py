@@ -98,6 +98,9 @@ def conversation_turns(conv: dict[str, Any], backend: str, model: str, sampling:
         # Consecutive user turns (no answer between them in the source) are answered once, after the last.
         if m["role"] == "user" and (i + 1 == len(messages) or messages[i + 1]["role"] != "user"):
             answer = yield list(history)
+            problem = answer_problem(answer, thinking)
+            if problem:
+                return Outcome(error=f"answer {len(reasons) + 1}: {problem}")
             msg = {"role": "assistant", "content": answer.content}
             if answer.thinking:
                 msg["thinking"] = answer.thinking
@@ -120,6 +123,28 @@ def conversation_turns(conv: dict[str, Any], backend: str, model: str, sampling:
         },
     }
     return Outcome(record=record, tokens=tokens, truncated=truncated)
+
+
+def answer_problem(answer: TurnResult, thinking: bool) -> str | None:
+    """Why an answer must not be written, or None. No empty answer is a success: only a thinking
+    answer cut by max_tokens inside its reasoning may lack content (it is kept, marked truncated)."""
+    if answer.content.strip():
+        return None
+    if thinking and answer.thinking and answer.finish_reason == "length":
+        return None
+    if thinking and answer.thinking:
+        return "the answer is empty after its reasoning"
+    if answer.finish_reason == "length":
+        return f"the answer is empty: max_tokens ran out after {answer.tokens} tokens, before any content"
+    return "the target returned an empty answer"
+
+
+def context_problem(prompt_tokens: int, max_tokens: int, context: int | None) -> str | None:
+    """Why a prompt cannot be answered within the target's context window, or None."""
+    if context is None or prompt_tokens + max_tokens <= context:
+        return None
+    return (f"prompt of {prompt_tokens} tokens + max_tokens {max_tokens} = {prompt_tokens + max_tokens} exceeds the "
+            f"target's context of {context} tokens (lower --max-tokens or drop long prompts)")
 
 
 # -- local backend (transformers generate) --------------------------------------------------------
@@ -227,8 +252,19 @@ class LocalBackend:
         ids = {seq: conv["id"] for seq, conv in batch}
         prompts = {seq: next(g) for seq, g in gens.items()}
         done: dict[int, Outcome] = {}
+        from deepspec_core.targets.hf import text_config
+
+        context = getattr(text_config(self.net.config), "max_position_embeddings", None)
         turn = 0
         while prompts:
+            for s in list(prompts):  # generating past the window would write garbage as an answer
+                n = len(self.tokenizer(render_prompt(self.tokenizer, prompts[s], thinking), add_special_tokens=False)["input_ids"])
+                problem = context_problem(n, sampling.max_tokens, context)
+                if problem:
+                    done[s] = Outcome(error=problem)
+                    del prompts[s]
+            if not prompts:
+                break
             seqs = list(prompts)
             seeds = [turn_seed(sampling.seed, ids[s], turn) for s in seqs]
             try:
