@@ -163,3 +163,16 @@ def test_empty_answers_and_bad_masks_are_skipped_by_reason(qwen_tok, tmp_path):
     assert list(on) == ["c", "cut-thinking"] and dict(stats.skipped) == {"empty assistant answer": 1}
     assert on["cut-thinking"].spans == ["<think>\nhmm, let me think a lot"]  # cut inside its reasoning
     assert "regenerate the empty answers" in stats.describe_skips()
+
+
+def test_drop_truncated_skips_cut_answers(qwen_tok, tmp_path):
+    rows = [CONV, {"id": "cut", "messages": [{"role": "user", "content": "Tell me everything."},
+                                             {"role": "assistant", "content": "Once upon a time there"}],
+                   "regen": {"finish_reasons": ["length"]}}]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = dict(iter_tokenized(path, qwen_tok, 1000, thinking=False))
+    assert kept["cut"].spans == ["Once upon a time there"]  # kept, no end-of-turn token
+    stats = TokenizeStats()
+    assert [cid for cid, _ in iter_tokenized(path, qwen_tok, 1000, False, stats=stats, drop_truncated=True)] == ["c"]
+    assert dict(stats.skipped) == {"answer cut by max_tokens": 1}

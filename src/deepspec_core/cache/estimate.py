@@ -146,7 +146,8 @@ def estimate_cache(
         if left is not None and left <= 0:
             break
         for _, s in iter_tokenized(f, tok, spec.data.max_length, spec.target.thinking,
-                                   spec.data.min_loss_tokens, stats=stats, limit=left):
+                                   spec.data.min_loss_tokens, stats=stats, limit=left,
+                                   drop_truncated=spec.data.drop_truncated):
             n_samples += 1
             n_tokens += len(s.input_ids)
     extrapolated = None

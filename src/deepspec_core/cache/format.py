@@ -138,6 +138,7 @@ def manifest_mismatches(manifest: dict[str, Any], expected: dict[str, Any]) -> l
         "target.thinking": manifest.get("thinking"),
         "data.max_length": manifest.get("max_length"),
         "loss_mask_version": manifest.get("loss_mask_version"),
+        "data.drop_truncated": manifest.get("drop_truncated", False),
     }
     lines = []
     for key, want in expected.items():

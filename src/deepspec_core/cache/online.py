@@ -62,6 +62,7 @@ def iter_token_samples(
     thinking: bool,
     min_loss_tokens: int,
     stats: Any = None,
+    drop_truncated: bool = False,
 ) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
     """(conversation id, {input_ids, loss_mask}) over conversation files, in file order.
 
@@ -71,7 +72,8 @@ def iter_token_samples(
     from deepspec_core.data.tokenize import iter_tokenized
 
     for path in files:
-        for conv_id, s in iter_tokenized(path, tokenizer, max_length, thinking, min_loss_tokens, stats=stats):
+        for conv_id, s in iter_tokenized(path, tokenizer, max_length, thinking, min_loss_tokens, stats=stats,
+                                         drop_truncated=drop_truncated):
             yield conv_id, {
                 "input_ids": torch.tensor(s.input_ids, dtype=torch.long),
                 "loss_mask": torch.tensor(s.loss_mask, dtype=torch.bool),
@@ -127,7 +129,8 @@ def online_dataset(spec: Any, target: Any, files: Sequence[str] | None = None, s
     samples = [
         s
         for _, s in iter_token_samples(
-            files, target.tokenizer, spec.data.max_length, spec.target.thinking, spec.data.min_loss_tokens, stats
+            files, target.tokenizer, spec.data.max_length, spec.target.thinking, spec.data.min_loss_tokens, stats,
+            spec.data.drop_truncated,
         )
     ]
     require_samples(stats, files)

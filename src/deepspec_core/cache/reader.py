@@ -39,6 +39,7 @@ def expected_from_spec(spec: Any) -> dict[str, Any]:
         "target.thinking": spec.target.thinking,
         "data.max_length": spec.data.max_length,
         "loss_mask_version": LOSS_MASK_VERSION,  # a cache from an older deepspec masks differently
+        "data.drop_truncated": spec.data.drop_truncated,
     }
 
 

@@ -53,6 +53,7 @@ class CacheConfig:
     sources: list[dict[str, Any]]  # path, sha256
     shard_tokens: int
     loss_mask_version: int = LOSS_MASK_VERSION  # how input ids and loss masks were made (data.tokenize)
+    drop_truncated: bool = False  # conversations with an answer cut by max_tokens left out
 
     def plan_dict(self) -> dict[str, Any]:
         return {"format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION, **asdict(self)}
@@ -394,12 +395,14 @@ def build_cache(
         max_length=spec.data.max_length,
         min_loss_tokens=spec.data.min_loss_tokens,
         thinking=spec.target.thinking,
+        drop_truncated=spec.data.drop_truncated,
         sources=sources,
         shard_tokens=shard_tokens_for(spec.cache.shard_size_mb, codec_obj, len(spec.target.layer_ids), hidden),
     )
     stats = TokenizeStats()
     samples = iter_token_samples(
-        files, target.tokenizer, spec.data.max_length, spec.target.thinking, spec.data.min_loss_tokens, stats
+        files, target.tokenizer, spec.data.max_length, spec.target.thinking, spec.data.min_loss_tokens, stats,
+        spec.data.drop_truncated,
     )
     pad = target.tokenizer.pad_token_id or 0
 

@@ -314,6 +314,7 @@ SKIP_HINTS = {
     "tokenizer does not reproduce the text": "use the target's own (byte-level BPE) tokenizer",
     "loss mask does not match the answer": "check the chat template (target.chat_template) with `deepspec data show`",
     "too few loss tokens": "raise data.max_length or lower data.min_loss_tokens",
+    "answer cut by max_tokens": "data.drop_truncated = false keeps them (without an end-of-turn token)",
 }
 
 
@@ -380,12 +381,15 @@ def iter_tokenized(
     stats: TokenizeStats | None = None,
     limit: int | None = None,
     on_skip: Callable[[str, str], None] | None = None,
+    drop_truncated: bool = False,
 ) -> Iterator[tuple[str, TokenizedSample]]:
     """(conversation id, sample) for each usable conversation of a JSONL file, in file order.
 
     Skipped and counted by reason in ``stats`` (see :data:`SKIP_HINTS`): no assistant turn, an empty
     answer, a template that drops or rewrites a turn, a mask whose size does not match the answers'
     independent token count, fewer than ``min_loss_tokens`` supervised tokens after truncation.
+    With ``drop_truncated``, conversations with an answer cut by ``max_tokens`` are skipped too
+    (by default they are kept, without the end-of-turn token the target never produced).
     ``on_skip(id, reason)`` hears of each skipped conversation.
     """
     stats = stats if stats is not None else TokenizeStats()
@@ -396,6 +400,8 @@ def iter_tokenized(
             reason = "no assistant turn"
         elif _empty_answer(conv, thinking):
             reason = "empty assistant answer"
+        elif drop_truncated and _cut_turns(conv):
+            reason = "answer cut by max_tokens"
         else:
             try:
                 sample = tokenize_conversation(tokenizer, conv, max_length, thinking)
