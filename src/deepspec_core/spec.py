@@ -122,6 +122,12 @@ class _DraftCommon(_Section):
         description="Reduced draft vocabulary: a trainable head over the most frequent supervised tokens of the "
         "training data (tokens outside it are never drafted); default: the target's full vocabulary and frozen lm_head.",
     )
+    init_std: float = Field(
+        0.02,
+        ge=0.0,
+        description="Every trainable Linear and Embedding starts N(0, init_std), as HF post_init in the reference "
+        "(a reduced head starts from the target's rows); 0 keeps each module's own initialisation.",
+    )
 
 
 class Eagle3Spec(_DraftCommon):
@@ -171,7 +177,7 @@ ALGOS = ("eagle3", "dflash", "dspark")
 class TrainSpec(_Section):
     lr: float = Field(6e-4, gt=0.0, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (the reference: torch's default).")
     warmup_ratio: float = Field(0.04, ge=0.0, lt=1.0, description="Fraction of steps with linear warmup.")
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Cosine schedule floor as a fraction of lr.")
     grad_clip: float = Field(1.0, ge=0.0, description="Gradient-norm clip (0 disables).")

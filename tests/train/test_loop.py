@@ -57,6 +57,9 @@ def test_interrupted_and_resumed_run_is_bit_identical(make_spec, feature_cache, 
 def test_rerun_resumes_a_finished_run_and_a_changed_spec_is_refused(make_spec):
     spec = make_spec("dflash", "train.max_steps=2", "train.val_samples=0")
     first = train(spec, _quiet())
+    # The reference optimiser: torch's default AdamW betas.
+    opt = torch.load(first.run_dir / "step_2" / "training_state" / "optimizer.pt", weights_only=False)
+    assert spec.train.betas == (0.9, 0.999) and opt["param_groups"][0]["betas"] == (0.9, 0.999)
     messages: list[str] = []
     again = train(make_spec("dflash", "train.max_steps=2", "train.val_samples=0", "train.log_every=1"), _quiet(messages))
     assert again.resumed_from == 2 and again.steps == 2 and any("resuming" in m for m in messages)

@@ -329,6 +329,23 @@ class DraftModel(nn.Module):
             self._init_draft_head()
 
     @torch.no_grad()
+    def init_weights(self, std: float) -> None:
+        """N(0, std) for every trainable Linear and Embedding weight, zero biases — the reference's
+        HF ``post_init`` with ``initializer_range`` 0.02 (DeepSpec ``modeling/*``); norms keep 1.
+        A reduced draft head then starts from the target's rows. ``std = 0`` keeps each module's own init."""
+        if std <= 0:
+            return
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)) and module.weight.requires_grad:
+                if module.weight.is_meta:
+                    continue
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        if self.draft_head is not None:
+            self._init_draft_head()
+
+    @torch.no_grad()
     def _init_draft_head(self) -> None:
         if self.draft_head.weight.is_meta:
             return
@@ -424,4 +441,6 @@ def build_draft(spec: Any, target_config, embed_tokens, lm_head) -> DraftModel:
     from . import dflash, dspark, eagle3  # noqa: F401  (registration)
 
     cls = DRAFTS.get(spec.draft.algo)
-    return cls.from_spec(spec.draft, spec.target, target_config, _weight(embed_tokens), _weight(lm_head))
+    draft = cls.from_spec(spec.draft, spec.target, target_config, _weight(embed_tokens), _weight(lm_head))
+    draft.init_weights(spec.draft.init_std)
+    return draft
