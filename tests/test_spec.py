@@ -143,12 +143,17 @@ def test_derived_schedule_is_computed_in_one_place():
 
 
 def test_layer_ids_beyond_depth_rejected_once_target_known():
+    from types import SimpleNamespace as Config
+
     spec = load_spec("dflash-qwen3-4b")
-    check_against_target(spec, num_hidden_layers=36, vocab_size=151936)
+    check_against_target(spec, Config(num_hidden_layers=36, vocab_size=151936))
     with pytest.raises(SpecError, match=r"\[33\] are beyond the target's depth \(28"):
-        check_against_target(spec, num_hidden_layers=28)
-    with pytest.raises(SpecError, match="mask_token_id"):
-        check_against_target(spec, num_hidden_layers=36, vocab_size=1000)
+        check_against_target(spec, Config(num_hidden_layers=28, vocab_size=151936))
+    with pytest.raises(SpecError, match="mask_token_id 151669 is outside the target's vocabulary .1000 tokens."):
+        check_against_target(spec, Config(num_hidden_layers=36, vocab_size=1000))
+    small = load_spec("dflash-qwen3-4b", ["draft.draft_vocab_size=5000", "target.mask_token_id=10"])
+    with pytest.raises(SpecError, match="draft_vocab_size 5000 exceeds the target's vocabulary .2048 tokens."):
+        check_against_target(small, Config(num_hidden_layers=36, vocab_size=2048))
 
 
 def test_tiny_presets_use_the_tiny_tokenizers_mask_token(tiny_target):

@@ -10,7 +10,7 @@ from rich.syntax import Syntax
 
 from deepspec_cli.errors import handle_errors
 from deepspec_core import presets
-from deepspec_core.spec import load_spec, spec_to_toml
+from deepspec_core.spec import check_registered, load_spec, spec_to_toml
 
 app = typer.Typer(help="Show and check run specs (presets or TOML files).", no_args_is_help=True)
 console = Console()
@@ -41,6 +41,7 @@ def check(
 ) -> None:
     """Validate a spec file; exit code 2 and one line naming the field when it is invalid."""
     resolved = load_spec(str(spec), set_)
+    check_registered(resolved)
     console.print(f"[green]ok[/] {spec}: {resolved.draft.algo} draft for target {resolved.target.model}")
 
 

@@ -299,26 +299,43 @@ def derive_schedule(train: TrainSpec, num_samples: int, world_size: int = 1) -> 
     )
 
 
-def check_against_target(spec: RunSpec, num_hidden_layers: int, vocab_size: int | None = None) -> None:
-    """Checks that need the target's config: layer depth, mask token, draft vocabulary."""
+def check_registered(spec: RunSpec) -> None:
+    """Fields whose valid values live in a registry (cache codec, benchmarks), checked without
+    loading anything. Raises SpecError naming the field and listing the valid names."""
+    from deepspec_core.cache.codecs import CODECS
+    from deepspec_core.eval.benchmarks import BENCHMARKS
+
+    for field, value, registry in [("cache.codec", spec.cache.codec, CODECS),
+                                   *(("eval.benchmarks", b, BENCHMARKS) for b in spec.eval.benchmarks)]:
+        if value not in registry:
+            raise SpecError(f"{field}: unknown {registry.kind} {value!r}", f"choose one of: {', '.join(registry.names())}")
+
+
+def check_against_target(spec: RunSpec, target_config: Any) -> None:
+    """Checks that need the target's config — layer ids vs depth, mask token and draft vocabulary
+    vs the vocabulary — run where the config is first known, before anything is written.
+
+    Raises SpecError naming the field, the value and the target's limit."""
+    cfg = target_config.get_text_config() if hasattr(target_config, "get_text_config") else target_config
+    num_hidden_layers, vocab_size = int(cfg.num_hidden_layers), int(cfg.vocab_size)
     bad = [i for i in spec.target.layer_ids if i >= num_hidden_layers]
     if bad:
         raise SpecError(
             f"target.layer_ids {bad} are beyond the target's depth ({num_hidden_layers} decoder layers)",
             f"use ids in 0..{num_hidden_layers - 1}",
         )
-    if vocab_size is not None:
-        if spec.target.mask_token_id is not None and spec.target.mask_token_id >= vocab_size:
-            raise SpecError(
-                f"target.mask_token_id {spec.target.mask_token_id} is outside the vocabulary ({vocab_size})",
-                "pick an unused token id below the vocabulary size",
-            )
-        dv = getattr(spec.draft, "draft_vocab_size", None)
-        if dv is not None and dv > vocab_size:
-            raise SpecError(
-                f"draft.draft_vocab_size {dv} exceeds the target vocabulary ({vocab_size})",
-                "use a smaller draft vocabulary or leave it unset",
-            )
+    if spec.target.mask_token_id is not None and spec.target.mask_token_id >= vocab_size:
+        raise SpecError(
+            f"target.mask_token_id {spec.target.mask_token_id} is outside the target's vocabulary ({vocab_size} tokens)",
+            f"pick an unused token id below {vocab_size}",
+        )
+    dv = spec.draft.draft_vocab_size
+    if dv is not None and dv > vocab_size:
+        raise SpecError(
+            f"draft.draft_vocab_size {dv} exceeds the target's vocabulary ({vocab_size} tokens)",
+            f"use at most {vocab_size}, or leave it unset for the full vocabulary",
+        )
+
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,3 +51,28 @@ def test_bad_value_is_one_line_exit_2_without_traceback(tmp_path):
 def test_debug_shows_the_traceback():
     res = _run("spec", "show", "tiny-dflash", "--set", "train.lr=-1", debug=True)
     assert res.returncode != 0 and "Traceback" in res.stderr and "train.lr" in res.stderr
+
+
+def test_spec_check_validates_registry_backed_names(tmp_path):
+    for sets, field, choice in [(["cache.codec='fp9-zstd'"], "cache.codec: unknown cache codec 'fp9-zstd'", "fp8-zstd"),
+                                (['eval.benchmarks=["gsm9k"]'], "eval.benchmarks: unknown benchmark 'gsm9k'", "gsm8k")]:
+        res = runner.invoke(app, ["spec", "check", "tiny-dflash", *[a for s in sets for a in ("--set", s)]])
+        assert res.exit_code == 2, res.output
+        assert field in res.output and choice in res.output
+
+
+def test_train_refuses_a_spec_the_target_contradicts_before_claiming_a_run(tiny_target, tmp_path):
+    """Checks that need the target's config run first: one line naming the field, value and limit;
+    no run directory is created."""
+    base = ["train", "tiny-dflash", "--set", f"target.model='{tiny_target}'", "--set", f"output.root='{tmp_path}'",
+            "--set", "cache.online=true", "--set", "data.train=['unused.jsonl']"]
+    for extra, message in [
+        ("draft.draft_vocab_size=5000", "draft.draft_vocab_size 5000 exceeds the target's vocabulary (2048 tokens)"),
+        ("target.mask_token_id=99999", "target.mask_token_id 99999 is outside the target's vocabulary (2048 tokens)"),
+        ("target.layer_ids=[0, 9]", "target.layer_ids [9] are beyond the target's depth (4 decoder layers)"),
+        ("cache.codec='fp9-zstd'", "cache.codec: unknown cache codec 'fp9-zstd'"),
+    ]:
+        res = runner.invoke(app, [*base, "--set", extra])
+        assert res.exit_code in (1, 2), res.output
+        assert message in " ".join(res.output.split()) and "Traceback" not in res.output, res.output
+        assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))

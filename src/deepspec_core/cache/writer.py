@@ -34,6 +34,7 @@ from deepspec_core.cache.codecs import Codec, get_codec
 from deepspec_core.data.tokenize import LOSS_MASK_VERSION, no_samples_error
 from deepspec_core.errors import CacheError, DataError
 from deepspec_core.io import atomic_path, atomic_write_json, sha256_file
+from deepspec_core.spec import check_against_target
 
 Sample = Mapping[str, torch.Tensor]
 FeaturesFn = Callable[[list[Sample]], list[dict[str, torch.Tensor]]]
@@ -378,6 +379,7 @@ def build_cache(
     sources = source_entries(files)
     rank, world = rank_and_world()
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    check_against_target(spec, hf.load_config(spec.target))  # before anything is loaded or written
     progress.phase("loading target")
     target = hf.load_target_from_spec(spec.target, device=device)
     hidden = int(hf.text_config(target.config).hidden_size)

@@ -79,8 +79,8 @@ def load_draft(path: Path | str, target: str | None = None, device: str = "auto"
     """Rebuild a trained draft: spec from the checkpoint, frozen embed / lm_head from the target,
     trainable weights from ``model.safetensors``. ``target`` overrides the spec's target model."""
     from deepspec_core.drafts import build_draft
-    from deepspec_core.spec import load_spec
-    from deepspec_core.targets.hf import load_target_from_spec
+    from deepspec_core.spec import check_against_target, load_spec
+    from deepspec_core.targets.hf import load_config, load_target_from_spec
     from deepspec_core.train.checkpoint import load_weights
 
     device = _join_processes(device)
@@ -97,6 +97,7 @@ def load_draft(path: Path | str, target: str | None = None, device: str = "auto"
         spec = spec.model_copy(
             update={"target": spec.target.model_copy(update={"model": target, "revision": None})}
         )
+    check_against_target(spec, load_config(spec.target))  # e.g. --target of another size than the draft's
     tgt = load_target_from_spec(spec.target, device=device)
     draft = build_draft(spec, tgt.config, tgt.model.get_input_embeddings(), tgt.model.get_output_embeddings())
     draft.load_trainable_state_dict(load_weights(step))

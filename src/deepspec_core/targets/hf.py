@@ -85,6 +85,19 @@ def _load_error(what: str, name: str, err: Exception) -> TargetError:
     )
 
 
+def load_config(target_spec: Any) -> Any:
+    """The target's config alone (no weights) from a :class:`~deepspec_core.spec.TargetSpec`."""
+    from transformers import AutoConfig
+
+    path = resolve_model(target_spec.model)
+    try:
+        return AutoConfig.from_pretrained(
+            path, revision=target_spec.revision, trust_remote_code=target_spec.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise _load_error("config", path, err) from err
+
+
 def load_tokenizer(
     model: str, revision: str | None = None, chat_template: str | None = None, trust_remote_code: bool = False
 ) -> Any:
@@ -132,8 +145,9 @@ def load_target(
 
 
 def load_target_from_spec(target_spec: Any, device: str = "auto") -> Target:
-    """Load the target of a :class:`~deepspec_core.spec.TargetSpec` and check its layer ids."""
-    t = load_target(
+    """Load the target of a :class:`~deepspec_core.spec.TargetSpec` (check the run against its
+    config first with :func:`deepspec_core.spec.check_against_target`)."""
+    return load_target(
         target_spec.model,
         revision=target_spec.revision,
         dtype=target_spec.dtype,
@@ -141,14 +155,6 @@ def load_target_from_spec(target_spec: Any, device: str = "auto") -> Target:
         chat_template=target_spec.chat_template,
         trust_remote_code=target_spec.trust_remote_code,
     )
-    depth = num_hidden_layers(t.config)
-    bad = [i for i in target_spec.layer_ids if i >= depth]
-    if bad:
-        raise TargetError(
-            f"target.layer_ids {bad} are beyond the depth of {target_spec.model} ({depth} decoder layers)",
-            f"use ids in 0..{depth - 1}",
-        )
-    return t
 
 
 # -- model anatomy -----------------------------------------------------------------------------

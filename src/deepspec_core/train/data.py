@@ -210,9 +210,14 @@ def holdout_sizes(num_samples: int, val_samples: int) -> tuple[int, int]:
 def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None]) -> TrainParts:
     """Datasets (offline cache or online target), the frozen target pieces, and the draft on ``device``."""
     from deepspec_core.drafts.base import build_draft, frozen_weights_from_model, load_frozen_weights
-    from deepspec_core.targets.hf import resolve_dtype, resolve_model
+    from deepspec_core.spec import check_against_target, check_registered
+    from deepspec_core.targets.hf import load_config, resolve_dtype, resolve_model
 
     target_path = resolve_model(spec.target.model)
+    # Checks that need the target's config, before data, weights or the run directory are touched.
+    config = load_config(spec.target)
+    check_against_target(spec, config)
+    check_registered(spec)
     if spec.cache.online:
         from deepspec_core.cache.online import online_dataset
         from deepspec_core.data.tokenize import TokenizeStats
@@ -222,17 +227,11 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
         stats = TokenizeStats()
         dataset = online_dataset(spec, target, stats=stats)
         say(stats.summary(spec.data.max_length))
-        config = target.config
         embed, head = frozen_weights_from_model(target.model)
     else:
-        from transformers import AutoConfig
-
         from deepspec_core.cache.reader import FeatureCache
         from deepspec_core.targets.hf import load_tokenizer, text_config, tokenizer_hash
 
-        config = AutoConfig.from_pretrained(
-            target_path, revision=spec.target.revision, trust_remote_code=spec.target.trust_remote_code
-        )
         tok = load_tokenizer(
             target_path, spec.target.revision, spec.target.chat_template, spec.target.trust_remote_code
         )
