@@ -115,3 +115,33 @@ def test_online_training_with_no_usable_sample_fails_clearly_and_claims_nothing(
     assert res.steps == 1
     assert ("data: 103 of 105 conversations usable, 86 cut to data.max_length = 96; skipped — too few loss "
             "tokens: 2 (raise data.max_length or lower data.min_loss_tokens)") in messages
+
+
+@pytest.mark.parametrize("source", ["online", "cache"])
+def test_a_reduced_vocabulary_is_the_most_frequent_supervised_training_tokens(make_spec, feature_cache, chat_file,
+                                                                             tiny_target, tmp_path, source):
+    """draft.draft_vocab_size = 64: after one step the checkpoint's t2d marks exactly the 64 most
+    frequent supervised tokens of the training samples (held-out samples excluded), counted
+    independently here; the cache path takes the counts its manifest recorded."""
+    from transformers import AutoTokenizer
+
+    from deepspec_core.data.tokenize import iter_tokenized
+    from deepspec_core.drafts.base import build_vocab_mapping
+
+    sets = ["draft.draft_vocab_size=64", "train.max_steps=1", "train.val_samples=8"]
+    if source == "cache":
+        sets += ["cache.online=false", f"cache.path='{feature_cache}'"]
+    messages: list[str] = []
+    res = train(make_spec("dspark", *sets), _quiet(messages))
+    tok = AutoTokenizer.from_pretrained(tiny_target)
+    samples = [s for _, s in iter_tokenized(chat_file, tok, 96, False, min_loss_tokens=8)]
+    counts = torch.zeros(len(tok), dtype=torch.long)
+    for s in samples[:-8]:  # the last val_samples are held out
+        ids = torch.tensor(s.input_ids)[torch.tensor(s.loss_mask).bool()]
+        counts += torch.bincount(ids, minlength=counts.numel())
+    _, want = build_vocab_mapping(counts, 64)
+    got = _weights(res.checkpoint)["t2d"]
+    assert torch.equal(got, want) and int(got.sum()) == 64
+    assert not torch.equal(got[:64], torch.ones(64, dtype=torch.bool))  # not simply ids 0..63
+    covered = float(counts[want].sum() / counts.sum())
+    assert f"cover {covered:.1%} of the training targets" in " ".join(messages)

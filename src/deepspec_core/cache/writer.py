@@ -73,6 +73,9 @@ class ShardPlan:
     skipped: dict[str, int]
     kept: dict[int, list[Sample]] = field(default_factory=dict)  # shard → samples this rank writes
     truncated: int = 0  # samples cut to max_length (kept, with their first max_length tokens)
+    # occurrences of each token id among supervised tokens (index = id): a reduced draft
+    # vocabulary is chosen from them without reading the cache again
+    loss_token_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def samples(self) -> int:
@@ -133,12 +136,16 @@ def plan_shards(
     kept: dict[int, list[Sample]] = {}
     cur = ShardSpan()
     truncated = 0
+    counts = np.zeros(0, np.int64)
     for _, s in samples:
         n_loss = int(torch.as_tensor(s["loss_mask"]).sum())
         if n_loss < min_loss_tokens:
             skipped["too few loss tokens"] += 1
             continue
         truncated += bool(s.get("truncated", False))
+        supervised = torch.as_tensor(s["input_ids"])[torch.as_tensor(s["loss_mask"]).bool()].numpy()
+        here = np.bincount(supervised, minlength=counts.size)
+        counts = here + np.pad(counts, (0, here.size - counts.size))
         j = len(shards)
         if keep(j):
             # int32 ids: half the memory of int64 while the sample waits for its shard.
@@ -152,7 +159,7 @@ def plan_shards(
             cur = ShardSpan()
     if cur.samples:
         shards.append(cur)
-    return ShardPlan(shards, dict(sorted(skipped.items())), kept, truncated)
+    return ShardPlan(shards, dict(sorted(skipped.items())), kept, truncated, counts)
 
 
 # -- shards --------------------------------------------------------------------------------------
@@ -304,6 +311,12 @@ def write_cache(
     return finalize_cache(out_dir, config, plan)
 
 
+def sparse_counts(counts: np.ndarray) -> dict[str, list[int]]:
+    """A dense count vector → {"ids": [...], "counts": [...]} of its non-zero entries (for JSON)."""
+    ids = np.flatnonzero(counts)
+    return {"ids": ids.tolist(), "counts": counts[ids].tolist()}
+
+
 def _barrier(world_size: int) -> None:
     if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -347,6 +360,7 @@ def finalize_cache(
             "loss_tokens": sum(m["loss_tokens"] for m in metas),
             "truncated": plan.truncated,
             "skipped": plan.skipped,
+            "loss_token_counts": sparse_counts(plan.loss_token_counts),
         },
         "shards": [{k: m[k] for k in ("name", "samples", "tokens", "bytes", "sha256")} for m in metas],
     }

@@ -147,12 +147,27 @@ class TrainParts:
         return self._batch([self.num_train + i for i in indices])
 
     def loss_token_counts(self) -> torch.Tensor:
-        """(V,) counts of supervised tokens over the training samples (for a reduced draft vocabulary)."""
-        counts = torch.zeros(self.draft.vocab_size, dtype=torch.long)
-        for i in range(self.num_train):
-            ids, mask = self._tokens(i)
-            counts += torch.bincount(ids[mask], minlength=counts.numel())[: counts.numel()]
+        """(V,) counts of supervised tokens over the training samples (for a reduced draft vocabulary).
+
+        A cache counted them when it was written (``counts.loss_token_counts`` of its manifest): only
+        the few held-out samples are read, to take them out. Online, one pass over the tokens (no
+        target forward) before step 0."""
+        v = self.draft.vocab_size
+        stored = None if self.online else self.dataset.manifest["counts"].get("loss_token_counts")
+        if stored is None:  # online, or a cache written before the counts were recorded
+            counts = torch.zeros(v, dtype=torch.long)
+            for i in range(self.num_train):
+                counts += self._bincount(i, v)
+            return counts
+        counts = torch.zeros(v, dtype=torch.long)
+        counts[torch.tensor(stored["ids"], dtype=torch.long)] = torch.tensor(stored["counts"], dtype=torch.long)
+        for i in range(self.num_train, self.num_train + self.num_val):
+            counts -= self._bincount(i, v)
         return counts
+
+    def _bincount(self, i: int, v: int) -> torch.Tensor:
+        ids, mask = self._tokens(i)
+        return torch.bincount(ids[mask].long(), minlength=v)[:v]
 
     def _tokens(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, loss_mask) of sample i without decoding (or computing) its features."""
@@ -272,13 +287,17 @@ def _local_dir(model: str, revision: str | None) -> str:
         ) from err
 
 
-def init_vocab_mapping(parts: TrainParts, spec: RunSpec) -> None:
-    """A reduced draft vocabulary: the most frequent supervised tokens of the training samples."""
+def init_vocab_mapping(parts: TrainParts, spec: RunSpec) -> float | None:
+    """A reduced draft vocabulary: the most frequent supervised tokens of the training samples,
+    installed in the draft (its head re-initialised from those target rows). Returns the share of
+    supervised training tokens the vocabulary covers; None with the full vocabulary."""
     draft = parts.draft
     if draft.draft_head is None:
-        return
+        return None
     from deepspec_core.drafts.base import build_vocab_mapping
 
-    d2t, t2d = build_vocab_mapping(parts.loss_token_counts(), spec.draft.draft_vocab_size)
+    counts = parts.loss_token_counts()
+    d2t, t2d = build_vocab_mapping(counts, spec.draft.draft_vocab_size)
     device = next(draft.parameters()).device
     draft.set_vocab_mapping(d2t.to(device), t2d.to(device))
+    return float(counts[t2d].sum() / counts.sum().clamp_min(1))

@@ -30,6 +30,7 @@ from deepspec_core.train.data import (
     DataPlan,
     TrainParts,
     build_parts,
+    init_vocab_mapping,
     val_batches,
 )
 from deepspec_core.train.launch import (
@@ -170,11 +171,19 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
 
     # 1. Check the run directory (resume, or refuse a changed spec) without writing: a start that
     # fails on its data or target must not claim the directory for the corrected command.
-    ckpt.prepare_run_dir(spec, fresh=rt.fresh, write=False)
+    _, resume_from = ckpt.prepare_run_dir(spec, fresh=rt.fresh, write=False)
 
     # 2. Data, target pieces and the draft. Every process builds the same initial weights.
     torch.manual_seed(spec.seed)
     parts = build_parts(spec, device, say)
+
+    if resume_from is None:
+        # A reduced draft vocabulary comes from the training data, before step 0 (a resumed run
+        # loads it with the weights).
+        coverage = init_vocab_mapping(parts, spec)
+        if coverage is not None:
+            say(f"draft vocabulary: the {spec.draft.draft_vocab_size:,} most frequent supervised tokens "
+                f"(of {parts.draft.vocab_size:,}) cover {coverage:.1%} of the training targets")
 
     # 3. Claim the run directory (the main process writes).
     if env.is_main:
