@@ -28,6 +28,9 @@ def train(
     main_port: int = typer.Option(None, "--main-port", help="Rendezvous port on the main node (default 29500)."),
     fresh: bool = typer.Option(False, "--fresh", help="Delete the existing run directory and start over."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress bar."),
+    allow_stale_cache: bool = typer.Option(
+        False, "--allow-stale-cache", help="Train on a cache whose target weights or training files changed since it was built."
+    ),
 ) -> None:
     """Train the draft of SPEC. Rerunning on an existing run resumes it; --fresh starts over.
 
@@ -37,6 +40,8 @@ def train(
     from deepspec_core.train.checkpoint import prepare_run_dir
     from deepspec_core.train.launch import detect_env, launch_command
 
+    if allow_stale_cache:
+        set_ = [*set_, "cache.allow_stale=true"]
     resolved = load_spec(spec, set_)
     if (gpus > 1 or nodes > 1) and not detect_env().distributed:
         if not fresh:

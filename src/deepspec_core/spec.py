@@ -104,6 +104,9 @@ class CacheSpec(_Section):
     path: str | None = Field(None, description="Feature cache directory; default: <output.root>/<project>/features.")
     codec: str = Field("fp8-zstd", description="Codec of the feature shards (see `deepspec data cache --help`).")
     online: bool = Field(False, description="Skip the cache: run the target inside training to produce features.")
+    allow_stale: bool = Field(
+        False, description="Train on a cache whose target weights or training files changed since it was built."
+    )
     shard_size_mb: int = Field(256, ge=1, description="Approximate size of one shard file in MB.")
     batch_size: int = Field(8, ge=1, description="Sequences per target forward pass when writing the cache.")
 

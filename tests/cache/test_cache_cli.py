@@ -111,3 +111,35 @@ def test_no_usable_sample_is_one_error_and_the_fixed_command_then_works(tiny_tar
     res = runner.invoke(app, ["data", "cache", str(spec), "--set", "data.max_length=200"])
     assert res.exit_code == 0, res.output
     assert "cache complete" in res.output and "3 samples" in res.output and "empty assistant answer: 1" in res.output
+
+
+def test_a_stale_cache_is_refused_with_what_changed(setup, tiny_target, tmp_path):
+    """Weights replaced in the target directory, or a training file edited after the cache was
+    built: training refuses the cache with one line naming the change; --allow-stale-cache overrides."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    d, _ = setup
+    target = tmp_path / "target"
+    shutil.copytree(tiny_target, target)
+    data = tmp_path / "train.jsonl"
+    shutil.copy(d / "train.jsonl", data)
+    common = ["--set", f"target.model='{target}'", "--set", f"data.train=['{data}']", "--set", "data.max_length=96",
+              "--set", f"cache.path='{tmp_path / 'cache'}'", "--set", f"output.root='{tmp_path / 'runs'}'",
+              "--set", "train.max_steps=1", "--set", "train.val_samples=0", "--set", "train.global_batch_size=4",
+              "--set", "train.micro_batch_size=4", "--set", "train.tensorboard=false"]
+    assert runner.invoke(app, ["data", "cache", "tiny-dflash", *common]).exit_code == 0
+
+    weights = target / "model.safetensors"
+    state = {k: v * 1.01 for k, v in load_file(weights).items()}  # retrained weights, same shapes
+    save_file(state, weights, metadata={"format": "pt"})
+    res = runner.invoke(app, ["train", "tiny-dflash", *common])
+    assert res.exit_code == 1 and "is stale: the weights of target" in " ".join(res.output.split()), res.output
+    assert "--allow-stale-cache" in res.output and not (tmp_path / "runs").exists()
+
+    data.write_text(data.read_text().replace("Write Python", "Write Rust"))
+    res = runner.invoke(app, ["train", "tiny-dflash", *common])
+    assert f"training file {data} changed since it was built" in " ".join(res.output.split()), res.output
+    res = runner.invoke(app, ["train", "tiny-dflash", *common, "--allow-stale-cache"])
+    assert res.exit_code == 0, res.output

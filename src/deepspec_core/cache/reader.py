@@ -43,6 +43,27 @@ def expected_from_spec(spec: Any) -> dict[str, Any]:
     }
 
 
+def stale_reasons(manifest: dict[str, Any], spec: Any) -> list[str]:
+    """What changed since the cache was built: the target's weight files (by fingerprint), the
+    training files it was built from (size and sha256, where they still exist), or the list of
+    training files the run names. Empty when nothing did."""
+    from deepspec_core.targets.hf import weights_fingerprint
+
+    reasons = []
+    built = manifest["target"].get("weights_fingerprint")
+    now = weights_fingerprint(spec.target.model) if built is not None else None
+    if built is not None and now is not None and now != built:
+        reasons.append(f"the weights of target {spec.target.model} changed since it was built")
+    sources = manifest.get("sources", [])
+    for src in sources:
+        path = Path(src["path"]).expanduser()
+        if path.is_file() and (path.stat().st_size != src["bytes"] or sha256_file(path) != src["sha256"]):
+            reasons.append(f"training file {src['path']} changed since it was built")
+    if sources and sorted(map(str, spec.data.train)) != sorted(src["path"] for src in sources):
+        reasons.append(f"it was built from {[s['path'] for s in sources]}, the run trains on {list(spec.data.train)}")
+    return reasons
+
+
 class FeatureCache(Dataset):
     """``FeatureCache(dir, spec)[i]`` → the i-th sample dict, decoded.
 
@@ -77,6 +98,12 @@ class FeatureCache(Dataset):
         lines = fmt.manifest_mismatches(self.manifest, expected)
         if lines:
             raise CacheError(f"feature cache {self.dir} does not match the run:\n  " + "\n  ".join(lines), _REBUILD)
+        stale = stale_reasons(self.manifest, spec) if spec is not None and not spec.cache.allow_stale else []
+        if stale:
+            raise CacheError(
+                f"feature cache {self.dir} is stale: " + "; ".join(stale),
+                "rebuild it (`deepspec data cache SPEC`), or pass --allow-stale-cache to train on it anyway",
+            )
         self._pid: int | None = None
         self._fds: dict[int, int] = {}
         if verify:

@@ -404,6 +404,7 @@ def build_cache(
             "tokenizer_hash": hf.tokenizer_hash(target.tokenizer),
             "chat_template_hash": hf.chat_template_hash(target.tokenizer),
             "num_hidden_layers": hf.num_hidden_layers(target.config),
+            "weights_fingerprint": hf.weights_fingerprint(spec.target.model),
         },
         layer_ids=list(spec.target.layer_ids),
         hidden_size=hidden,

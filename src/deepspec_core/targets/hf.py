@@ -197,6 +197,15 @@ def tokenizer_hash(tokenizer: Any) -> str:
     return hashlib.sha256(repr((vocab, special)).encode()).hexdigest()[:16]
 
 
+def weights_fingerprint(model: str) -> str | None:
+    """Fingerprint of a local target's config and weight files (:func:`deepspec_core.io.files_fingerprint`);
+    None for a hub id (its revision identifies it)."""
+    from deepspec_core.io import files_fingerprint
+
+    path = Path(resolve_model(model)).expanduser()
+    return files_fingerprint(path, ("config.json", "*.safetensors", "*.bin")) if path.is_dir() else None
+
+
 def chat_template_hash(tokenizer: Any) -> str:
     return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]
 

@@ -50,6 +50,7 @@ RESUMABLE_FIELDS = (
     "eval.",
     "output.root",
     "cache.path",
+    "cache.allow_stale",
     "cache.batch_size",
     "cache.shard_size_mb",
     "data.regen.",
