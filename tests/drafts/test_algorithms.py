@@ -173,7 +173,7 @@ def test_eagle3_loss_with_a_reduced_vocabulary_matches_a_reference():
     from deepspec_core.losses import soft_cross_entropy
 
     torch.manual_seed(0)
-    d = make_draft("eagle3", draft_vocab_size=50, ttt_length=3)
+    d = make_draft("eagle3", draft_vocab_size=50, ttt_length=3, loss_convention="valid_rows")
     d.set_vocab_mapping(*build_vocab_mapping(torch.rand(VOCAB), 50))
     for p in d.parameters():
         if p.requires_grad:
@@ -193,3 +193,35 @@ def test_eagle3_loss_with_a_reduced_vocabulary_matches_a_reference():
                     n += 1
         want += 0.8**i * nll / n
     assert out.loss.item() == pytest.approx(want, rel=1e-4)
+
+
+def test_eagle3_reference_loss_convention_matches_a_literal_transcription():
+    """DeepSpec's Eagle3 loss (SpecForge's convention): step i at position t counts where
+    loss_mask[t+i] is set (the sequence's last token has no target), its soft CE against the
+    target at t+1+i summed and divided by B·T — padding and prompt included; weight 0.8**i."""
+    from deepspec_core.losses import soft_cross_entropy
+
+    torch.manual_seed(0)
+    d = make_draft("eagle3", ttt_length=3)
+    assert d.spec.loss_convention == "reference"
+    for p in d.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.2)
+    batch = make_batch(lengths=(24, 17))
+    out = d.forward_train(batch)
+    q = d.teacher_forced_logits(batch)  # (B, T, S, V)
+    p_all = batch.final_hidden @ d.target_head.weight.T  # (B, T, V)
+    b, t = batch.input_ids.shape
+    want = 0.0
+    for i in range(3):
+        total = 0.0
+        for bi in range(b):
+            n = int(batch.lengths[bi])
+            for pos in range(t):
+                if pos + i < n - 1 and batch.loss_mask[bi, pos + i]:
+                    total += soft_cross_entropy(q[bi, pos, i][None], p_all[bi, pos + 1 + i][None]).item()
+        want += 0.8**i * total / (b * t)
+    assert out.loss.item() == pytest.approx(want, rel=1e-4)
+    other = make_draft("eagle3", ttt_length=3, loss_convention="valid_rows")
+    other.load_state_dict(d.state_dict())
+    assert other.forward_train(batch).loss.item() != pytest.approx(out.loss.item(), rel=1e-2)

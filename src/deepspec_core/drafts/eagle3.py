@@ -91,6 +91,24 @@ class Eagle3Draft(DraftModel):
             outs.append(self.full_vocab_logits(self._logits(out).float()))
         return torch.stack(outs, 2)
 
+    def _loss_rows(
+        self, lm: torch.Tensor, lengths: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, list[float]]:
+        """Which (position, step) rows enter the loss (B, T, S) and each step's divisor.
+
+        ``reference`` (DeepSpec ``modeling/eagle3/loss.py``, from SpecForge): step i at t counts where
+        loss_mask[t+i] is set, the last real token excluded, and is divided by B·T whatever is
+        masked. ``valid_rows``: the rows whose predicted tokens are all supervised (``valid``),
+        averaged over them. Metrics use ``valid`` either way.
+        """
+        b, t, steps = valid.shape
+        if self.spec.loss_convention == "valid_rows":
+            return valid, [max(1, int(n)) for n in valid.sum((0, 1)).tolist()]
+        mask = lm & (torch.arange(t, device=lm.device)[None] < lengths - 1)  # (B, T): the last token has no target
+        at = torch.arange(t, device=lm.device)[:, None] + torch.arange(steps, device=lm.device)  # (T, S): t + i
+        counted = mask.gather(1, at.clamp(max=t - 1).reshape(1, -1).expand(b, -1)).view(b, t, steps) & (at < t)
+        return counted, [float(b * t)] * steps
+
     def forward_train(self, batch: DraftBatch) -> DraftLoss:
         ids, lm = batch.input_ids, batch.loss_mask.bool()
         b, t = ids.shape
@@ -101,6 +119,7 @@ class Eagle3Draft(DraftModel):
         label = (pos[None, :, None] + 2 + torch.arange(steps, device=dev)).expand(b, t, steps)  # (B, T, S)
         sup = lm.gather(1, label.clamp(max=t - 1).reshape(b, -1)).view(b, t, steps)
         valid = torch.cumprod(((label < lengths[..., None]) & sup).long(), -1).bool()
+        counted, normaliser = self._loss_rows(lm, lengths, valid)  # (B, T, S) rows in the loss, (S,) divisors
         weights = losses.step_weights(steps, self.spec.step_decay)
         correct, accept = torch.zeros(b * t, steps, device=dev), torch.zeros(b * t, steps, device=dev)
         loss = torch.zeros((), device=dev)
@@ -111,14 +130,14 @@ class Eagle3Draft(DraftModel):
             # head keep their (B·T, Vd) view once instead of a full-vocabulary matmul per step.
             view = losses.target_view(final, self.target_head.weight, self.softcap, self.draft_ids)
         for i, out in self._ttt(batch):
-            rows = valid[:, :, i].reshape(-1).nonzero().squeeze(-1)  # only supervised rows cost vocab work
+            rows = counted[:, :, i].reshape(-1).nonzero().squeeze(-1)  # only supervised rows cost vocab work
             src = (torch.arange(b, device=dev)[:, None] * t + (pos + 1 + i).clamp(max=t - 1)).reshape(-1)[rows]
             terms = losses.vocab_terms(
                 self._logits, (out.reshape(-1, h)[rows],), final[src] if view is None else None, self.target_head.weight,
                 want=("soft_ce", "tv", "correct"), grad_terms=("soft_ce",), draft_ids=self.draft_ids,
                 softcap=self.softcap, target=None if view is None else tuple(x[src] for x in view),
             )
-            loss = loss + float(weights[i]) * terms["soft_ce"].sum() / max(1, rows.numel())
+            loss = loss + float(weights[i]) * terms["soft_ce"].sum() / normaliser[i]
             correct[rows, i] = terms["correct"]
             accept[rows, i] = 1.0 - terms["tv"].detach()
         metrics = block_metrics(correct, accept, valid.reshape(b * t, steps))
