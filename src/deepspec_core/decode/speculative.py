@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepspec_core.decode.policy import DraftLength
 from deepspec_core.decode.rounds import RoundOutcome
 from deepspec_core.targets.hf import capture_features, get_lm_head, text_config
 
@@ -212,11 +213,14 @@ def speculative_generate(
     generator: torch.Generator | None = None,
     eos_token_ids: Sequence[int] = (),
     verify_fn: VerifyFn = verify,
+    draft_length: DraftLength | None = None,
 ) -> Generation:
     """Chain speculative decoding of ``input_ids`` (1, T); the output follows the target exactly.
 
-    ``draft`` is a DraftModel (start / propose / commit). ``verify_fn`` exists so tests can show
-    that a broken rule is caught; leave it alone otherwise.
+    ``draft`` is a DraftModel (start / propose / commit). ``draft_length`` picks how many of the k
+    drafted tokens each round verifies (:mod:`deepspec_core.decode.policy`; default: all k); it
+    only shortens chains, so the output is the same. ``verify_fn`` exists so tests can show that a
+    broken rule is caught; leave it alone otherwise.
     """
     if input_ids.shape[0] != 1:
         raise ValueError("speculative_generate decodes one sequence at a time (batch size 1)")
@@ -235,20 +239,29 @@ def speculative_generate(
     if done:
         return gen
     draft.start(input_ids, feats.aux_hidden)
+    policy = None if draft_length is None or draft_length.name == "fixed" else draft_length
     while True:
-        prop = draft.propose(last, k, temperature, generator)
-        block = torch.cat([last[:, None], prop.tokens], dim=1)  # (1, k+1)
+        if policy is None:
+            prop = draft.propose(last, k, temperature, generator)
+        else:
+            prop = draft.propose(last, k, temperature, generator, policy=policy)
+            if prop.confidences is None:
+                raise ValueError(f"the {draft_length.name} draft-length policy needs per-slot confidences; "
+                                 "this draft reports none")
+            prop = prop.head(policy.length(prop.confidences[0].tolist()))
+        drafted = prop.tokens.shape[1]  # k, or fewer when the policy stopped the chain
+        block = torch.cat([last[:, None], prop.tokens], dim=1)  # (1, drafted+1)
         feats = capture_features(model, block, layer_ids=layer_ids, past_key_values=cache, use_cache=True)
         verdict = verify_fn(prop, lm_logits(model, feats.final_hidden), temperature, generator)
         n = int(verdict.num_accepted[0])
-        crop_cache(cache, k - n)  # keep last + the n accepted drafts
+        crop_cache(cache, drafted - n)  # keep last + the n accepted drafts
         if prop.confidences is not None:
             gen.confidences.append(prop.confidences[0].float().tolist())
         before = len(gen.tokens)
         gen.tokens, done = _finish(
             gen.tokens + prop.tokens[0, :n].tolist() + [int(verdict.next_token[0])], max_new_tokens, eos
         )
-        gen.outcomes.append(RoundOutcome.of(n, prop.tokens.shape[1], len(gen.tokens) - before))
+        gen.outcomes.append(RoundOutcome.of(n, drafted, len(gen.tokens) - before))
         if done:
             return gen
         draft.commit(block[:, : n + 1], feats.aux_hidden[:, : n + 1])

@@ -108,7 +108,9 @@ class Proposal:
     tokens (B, k) int64 target-vocabulary ids; probs (B, k) fp32 = q_i(token_i), the exact
     probability the token was sampled with (1.0 at temperature 0); dists (B, k, V) fp32 full draft
     distributions over the target vocabulary (None at temperature 0, where greedy verification
-    needs none); confidences (B, k) fp32 per-slot acceptance confidence (DSpark) or None.
+    needs none); confidences (B, k) fp32 per-slot confidence that the slot is accepted: DSpark's
+    confidence head, else the draft's own probability of its token at T = 1 (None for drafts that
+    report none). A draft-length policy may leave fewer than the k asked for.
     """
 
     tokens: torch.Tensor
@@ -130,6 +132,22 @@ class Proposal:
             probs=torch.stack(probs, 1),
             dists=None if any(d is None for d in dists) else torch.stack(dists, 1),
             confidences=torch.stack(confidences, 1) if confidences else None,
+        )
+
+    @classmethod
+    def empty(cls, batch: int, vocab_size: int, device: torch.device, sampled: bool) -> Proposal:
+        """No drafted token (a policy refused the first slot): the target will yield one token."""
+        z = torch.zeros(batch, 0, device=device)
+        return cls(tokens=z.long(), probs=z, dists=torch.zeros(batch, 0, vocab_size, device=device) if sampled else None,
+                   confidences=z)
+
+    def head(self, n: int) -> Proposal:
+        """The first n drafted tokens (every field cut alike)."""
+        return Proposal(
+            tokens=self.tokens[:, :n],
+            probs=self.probs[:, :n],
+            dists=None if self.dists is None else self.dists[:, :n],
+            confidences=None if self.confidences is None else self.confidences[:, :n],
         )
 
 
@@ -381,14 +399,16 @@ class DraftModel(nn.Module):
 
     def sample_tokens(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):
         """:func:`sample_from_logits` on draft logits (B, Vd), returned in the target vocabulary:
-        token ids (B,), their probabilities (B,), distributions (B, V) or None (greedy)."""
+        token ids (B,), their probabilities (B,), distributions (B, V) or None (greedy), and the
+        draft's confidence in each token (B,): its probability at T = 1, whatever the temperature."""
         idx, p, dist = sample_from_logits(logits, temperature, generator)
+        conf = torch.softmax(logits.float(), -1).gather(-1, idx[:, None]).squeeze(-1)
         ids = self.draft_ids
         if ids is None:
-            return idx, p, dist
+            return idx, p, dist, conf
         if dist is not None:
             dist = dist.new_zeros(dist.shape[0], self.vocab_size).index_copy_(1, ids, dist)
-        return ids[idx], p, dist
+        return ids[idx], p, dist, conf
 
     # -- trainable state ----------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -422,7 +442,10 @@ class DraftModel(nn.Module):
         raise NotImplementedError
 
     def propose(self, last_token: torch.Tensor, k: int, temperature: float = 0.0,
-                generator: torch.Generator | None = None) -> Proposal:  # pragma: no cover
+                generator: torch.Generator | None = None, policy: Any = None) -> Proposal:  # pragma: no cover
+        """Draft up to k tokens after ``last_token`` (B,). With a draft-length ``policy``
+        (:class:`~deepspec_core.decode.policy.DraftLength`) a draft may stop as soon as it refuses a
+        slot, and returns only the slots it keeps."""
         raise NotImplementedError
 
     def commit(self, tokens: torch.Tensor, aux_hidden: torch.Tensor) -> None:  # pragma: no cover

@@ -22,6 +22,8 @@ rest of the embedding); when it is unset the draft learns its own mask embedding
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -216,7 +218,7 @@ class DFlashDraft(DraftModel):
 
     @torch.no_grad()
     def propose(self, last_token: torch.Tensor, k: int | None = None, temperature: float = 0.0,
-                generator: torch.Generator | None = None) -> Proposal:
+                generator: torch.Generator | None = None, policy: Any = None) -> Proposal:
         """Draft k ≤ block_size tokens after ``last_token`` (B,) with one block forward (the full block
         runs, as in training, and the first k predictions are returned)."""
         k = self.block_size if k is None else k
@@ -229,12 +231,14 @@ class DFlashDraft(DraftModel):
         pos = torch.arange(n, n + s, device=block.device)[None].expand(b, s)
         mask = torch.ones(1, 1, s, n + s, dtype=torch.bool, device=block.device)
         hidden = self.prediction_slots(self.backbone(block, pos, self._ctx_kv, mask))[:, :k]  # (B, k, H)
-        return self.sample_block(hidden, last_token, temperature, generator)
+        prop = self.sample_block(hidden, last_token, temperature, generator, policy)
+        return prop if policy is None else prop.head(policy.length(prop.confidences[0].tolist()))
 
     def sample_block(self, hidden: torch.Tensor, last_token: torch.Tensor, temperature: float,
-                     generator: torch.Generator | None) -> Proposal:
+                     generator: torch.Generator | None, policy: Any = None) -> Proposal:
         """DFlash slots are independent given the block: sample each from its own distribution."""
         b, k, _ = hidden.shape
         logits = self.vocab_logits(hidden).reshape(b * k, -1)
-        tok, p, dist = self.sample_tokens(logits, temperature, generator)
-        return Proposal(tokens=tok.view(b, k), probs=p.view(b, k), dists=None if dist is None else dist.view(b, k, -1))
+        tok, p, dist, conf = self.sample_tokens(logits, temperature, generator)
+        return Proposal(tokens=tok.view(b, k), probs=p.view(b, k), dists=None if dist is None else dist.view(b, k, -1),
+                        confidences=conf.view(b, k))

@@ -15,6 +15,8 @@ exactly DFlash's predictions and ce_weight × DFlash's loss.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from deepspec_core import losses
@@ -79,8 +81,10 @@ class DSparkDraft(DFlashDraft):
 
     # -- decoding -------------------------------------------------------------------------------
     def sample_block(self, hidden: torch.Tensor, last_token: torch.Tensor, temperature: float,
-                     generator: torch.Generator | None) -> Proposal:
-        """Left to right: slot k's distribution depends on the token drafted at slot k−1."""
+                     generator: torch.Generator | None, policy: Any = None) -> Proposal:
+        """Left to right: slot k's distribution depends on the token drafted at slot k−1. The
+        confidence head's output is the slot's confidence; a ``policy`` that refuses a slot ends
+        the block there, before the slot is sampled."""
         if self.seq_head is None:
             prop = super().sample_block(hidden, last_token, temperature, generator)
             if self.confidence is not None:
@@ -91,12 +95,16 @@ class DSparkDraft(DFlashDraft):
         tokens, probs, dists, confs = [], [], [], []
         for i in range(k):
             h = hidden[:, i]
+            c = torch.sigmoid(self.confidence(h, self.seq_head.token_embedding(prev))) if self.confidence else None
+            if c is not None and policy is not None and policy.length([*(x.item() for x in confs), c.item()]) <= i:
+                break
             e, state = self.seq_head.step(prev, h, state)
-            if self.confidence is not None:
-                confs.append(torch.sigmoid(self.confidence(h, self.seq_head.token_embedding(prev))))
-            tok, p, dist = self.sample_tokens(self.row_logits(h, e), temperature, generator)
+            tok, p, dist, own = self.sample_tokens(self.row_logits(h, e), temperature, generator)
             tokens.append(tok)
             probs.append(p)
             dists.append(dist)
+            confs.append(c if c is not None else own)
             prev = tok
+        if not tokens:
+            return Proposal.empty(last_token.shape[0], self.vocab_size, last_token.device, temperature > 0)
         return Proposal.from_steps(tokens, probs, dists, confs)

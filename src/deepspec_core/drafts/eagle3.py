@@ -19,6 +19,8 @@ Reduced draft vocabulary (``draft_vocab_size``): see :class:`~.base.DraftModel` 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -182,22 +184,28 @@ class Eagle3Draft(DraftModel):
 
     @torch.no_grad()
     def propose(self, last_token: torch.Tensor, k: int, temperature: float = 0.0,
-                generator: torch.Generator | None = None) -> Proposal:
-        """Draft k tokens after ``last_token`` (B,). The draft's own scratch entries are dropped on return."""
+                generator: torch.Generator | None = None, policy: Any = None) -> Proposal:
+        """Draft k tokens after ``last_token`` (B,), fewer when ``policy`` refuses a slot (drafting
+        stops there). The draft's own scratch entries are dropped on return."""
         if self._pending is None:
             raise RuntimeError("call start() before propose()")
         b = last_token.shape[0]
         kv, hidden, tok = self._kv, self._pending, last_token.view(b, 1)
         past = 0 if kv is None else kv[0][0].shape[2]
-        tokens, probs, dists = [], [], []
+        tokens, probs, dists, confs = [], [], [], []
         for i in range(k):
             pos = torch.full((b, 1), past + i, device=hidden.device)
             mask = torch.ones(1, 1, 1, past + i + 1, dtype=torch.bool, device=hidden.device)
             out, kvs = self._step(self.embed(tok), hidden, self.rotary(hidden, pos), mask, kv)
             kv = cat_kv(kv, kvs)
-            tok, p, dist = self.sample_tokens(self._logits(out[:, 0]), temperature, generator)
+            tok, p, dist, conf = self.sample_tokens(self._logits(out[:, 0]), temperature, generator)
+            if policy is not None and policy.length([*(c.item() for c in confs), conf.item()]) <= i:
+                break  # this slot is refused: no further draft step
             tokens.append(tok)
             probs.append(p)
             dists.append(dist)
+            confs.append(conf)
             hidden, tok = out, tok.view(b, 1)
-        return Proposal.from_steps(tokens, probs, dists)
+        if not tokens:
+            return Proposal.empty(last_token.shape[0], self.vocab_size, last_token.device, temperature > 0)
+        return Proposal.from_steps(tokens, probs, dists, confs)
