@@ -23,12 +23,13 @@ def render(r: EvalResults) -> list[Table]:
     p = r.protocol
     k = p.num_draft_tokens
     items = [*r.benchmarks.items(), ("macro", r.macro)]
+    policy = p.draft_length + (f" {p.draft_length_threshold:g}" if p.draft_length_threshold is not None else "")
     main = Table(
-        title=f"{p.algorithm}: τ (bonus included), T={p.temperature:g}, k={k}, "
+        title=f"{p.algorithm}: τ (bonus included), T={p.temperature:g}, k={k} ({policy}), "
         f"thinking {'on' if p.thinking else 'off'}"
     )
     speed = any(b.speed is not None for b in r.benchmarks.values())
-    for col in ["benchmark", "samples", "rounds", "τ"] + (
+    for col in ["benchmark", "samples", "rounds", "drafted/round", "τ"] + (
         ["target tok/s", "spec tok/s", "speedup"] if speed else []
     ):
         main.add_column(col, justify="left" if col == "benchmark" else "right")
@@ -40,7 +41,9 @@ def render(r: EvalResults) -> list[Table]:
         if name == "macro":
             main.add_section()
             pos.add_section()
-        cells = [name, str(res.samples), str(res.rounds), _num(res.tau)]
+        drafted = getattr(res, "drafted_tokens", None)
+        per_round = "" if drafted is None else _num(drafted / res.rounds if res.rounds else None)
+        cells = [name, str(res.samples), str(res.rounds), per_round, _num(res.tau)]
         if speed:
             s = getattr(res, "speed", None)
             if s is not None:
@@ -50,7 +53,18 @@ def render(r: EvalResults) -> list[Table]:
         style = "bold" if name == "macro" else None
         main.add_row(*cells, style=style)
         pos.add_row(name, *(_num(a) for a in res.acceptance_conditional), style=style)
-    return [main, pos]
+    tables = [main, pos]
+    cal = r.calibration
+    if cal is not None:
+        t = Table(title="confidence calibration of Π c_i per position (ECE 15 bins / AUC)")
+        t.add_column("")
+        for j in range(1, len(cal.rounds) + 1):
+            t.add_column(str(j), justify="right")
+        t.add_row("raw", *(f"{_num(e)} / {_num(a)}" for e, a in zip(cal.ece15_raw, cal.auc_raw, strict=True)))
+        if cal.ece15_sts is not None:
+            t.add_row("STS", *(f"{_num(e)} / {_num(a)}" for e, a in zip(cal.ece15_sts, cal.auc_sts, strict=True)))
+        tables.append(t)
+    return tables
 
 
 @handle_errors
@@ -96,6 +110,19 @@ def eval_command(
     save_outputs: bool = typer.Option(
         False, "--save-outputs", help="Write outputs/<benchmark>.jsonl (ids, text, accepted lengths)."
     ),
+    draft_length: str = typer.Option(
+        "fixed", "--draft-length",
+        help="Draft tokens verified per round: fixed (all k), threshold (stop at the first slot whose confidence is "
+        "below --threshold, as the reference) or scheduler (DSpark's Algorithm 1 with SPS profiled here).",
+    ),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Confidence threshold of --draft-length threshold."),
+    calibrate: bool = typer.Option(
+        False, "--calibrate",
+        help="Fit STS temperatures of the confidences on held-out prompts first and store them with the checkpoint.",
+    ),
+    calibration_data: Path | None = typer.Option(
+        None, "--calibration-data", help="Held-out conversations for --calibrate (default: the run's validation split)."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Output directory (default: <run>/eval/<step>/)."),
     device: str = typer.Option("auto", "--device", help="Device: auto, cpu, cuda, cuda:1, ..."),
 ) -> None:
@@ -123,6 +150,10 @@ def eval_command(
         save_outputs=save_outputs,
         out_dir=out,
         progress=console.is_terminal,
+        draft_length=draft_length,
+        threshold=threshold,
+        calibrate=calibrate,
+        calibration_data=calibration_data,
     )
     if not res.main:
         return  # another process of a multi-process run prints the results

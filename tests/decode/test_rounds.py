@@ -37,7 +37,7 @@ def test_an_oracle_draft_is_credited_only_with_the_tokens_it_committed(max_new, 
     # a cut round is censored: its positions after the cut are not rejections
     cut = got.outcomes[-1]
     if want_lengths[-1] < 8:
-        assert cut == RoundOutcome(want_lengths[-1], want_lengths[-1], want_lengths[-1])
+        assert cut == RoundOutcome(want_lengths[-1], want_lengths[-1], want_lengths[-1], 7)
         assert res.acceptance_unconditional[: cut.judged] == [1.0] * cut.judged
 
 
@@ -49,7 +49,7 @@ def test_an_accepted_eos_ends_the_round_without_a_bonus_token():
     assert eos not in free.tokens[:3]
     got = speculative_generate(model, _oracle(model), ids, 7, 16, eos_token_ids=[eos])
     assert got.tokens == free.tokens[:4] and got.accept_lengths == [3]
-    assert got.outcomes == [RoundOutcome(committed=3, accepted=3, judged=3)]
+    assert got.outcomes == [RoundOutcome(committed=3, accepted=3, judged=3, drafted=7)]
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])

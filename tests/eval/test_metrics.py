@@ -30,7 +30,7 @@ def test_acceptance_statistics_of_a_known_set_of_rounds():
     # with every position judged, survival is the product of the conditionals
     assert r.acceptance_unconditional[2] == pytest.approx(0.8 * 0.75 * (2 / 3))
     with pytest.raises(ValueError, match="k = 3"):
-        mt.acceptance_counts([RoundOutcome(5, 4, 4)], 3)
+        mt.acceptance_counts([RoundOutcome(5, 4, 4, 4)], 3)
 
 
 def test_positions_no_round_reached_are_null_not_zero():

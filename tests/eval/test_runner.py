@@ -89,7 +89,8 @@ def test_evaluate_writes_valid_results_and_auditable_outputs(tmp_path, tiny_targ
         # τ counts only committed tokens: every round's tokens plus the one after the prefill
         assert sum(row["accept_lengths"]) + 1 == len(row["generated_ids"])
         assert len(row["accepted_drafts"]) == len(row["accept_lengths"])
-        assert (row["confidences"] is not None) == (algo == "dspark")
+        # one confidence per drafted slot: DSpark's head, the others' own token probabilities
+        assert [len(c) for c in row["confidences"]] == [3] * len(row["accept_lengths"])
     for name, b in r.benchmarks.items():
         assert b.generated_tokens == sum(
             sum(row["accept_lengths"]) + 1

@@ -25,6 +25,7 @@ class RoundOutcome:
     committed: int  # tokens the round appended to the output (≥ 1): the τ unit
     accepted: int  # drafted tokens among them (the corrected / bonus token is not a draft)
     judged: int  # draft positions 1..judged whose verdict enters per-position acceptance
+    drafted: int  # tokens the round put before the target (k, or fewer under a draft-length policy)
 
     @classmethod
     def of(cls, num_accepted: int, num_drafted: int, appended: int) -> RoundOutcome:
@@ -35,5 +36,5 @@ class RoundOutcome:
         if not 1 <= appended <= num_accepted + 1:
             raise ValueError(f"a round with {num_accepted} accepted drafts cannot append {appended} tokens")
         if appended == num_accepted + 1:
-            return cls(appended, num_accepted, num_drafted)
-        return cls(appended, appended, appended)  # cut at an accepted EOS or at max_new_tokens
+            return cls(appended, num_accepted, num_drafted, num_drafted)
+        return cls(appended, appended, appended, num_drafted)  # cut at an accepted EOS or at max_new_tokens

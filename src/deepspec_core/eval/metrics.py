@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deepspec_core.decode.rounds import RoundOutcome
+from deepspec_core.eval.calibration import Calibration
 
 SCHEMA_VERSION = 2
 
@@ -65,6 +66,18 @@ class Protocol(_Model):
     block_size: int | None = Field(None, json_schema_extra=INFORMATIONAL)
     ttt_length: int | None = Field(None, json_schema_extra=INFORMATIONAL)
     num_draft_tokens: int = Field(ge=1)
+    draft_length: str = Field(
+        "fixed",
+        description="draft-length policy: fixed, threshold or scheduler (shown by compare; it is the choice compared)",
+        json_schema_extra=INFORMATIONAL,
+    )
+    draft_length_threshold: float | None = Field(None, json_schema_extra=INFORMATIONAL)
+    sts_temperatures: list[float] | None = Field(
+        None, description="STS temperatures the policy calibrated confidences with", json_schema_extra=INFORMATIONAL
+    )
+    sps_profile: list[float] | None = Field(
+        None, description="SPS(B), B = 1..k+1, the scheduler used (this machine)", json_schema_extra=INFORMATIONAL
+    )
     chain_drafting: bool = True
     bonus_token_in_tau: bool = True
     seed: int = Field(
@@ -128,6 +141,7 @@ class BenchmarkResult(Acceptance):
         description="rounds that judged position j with drafts 1..j-1 accepted (conditional denominators)"
     )
     position_accepted: list[int] = Field(description="rounds that committed draft j as accepted, j = 1..k")
+    drafted_tokens: int = Field(ge=0, description="drafted tokens put before the target (k per round under 'fixed')")
     speed: Speed | None = None
 
     @model_validator(mode="after")
@@ -151,6 +165,9 @@ class EvalResults(_Model):
     protocol: Protocol
     benchmarks: dict[str, BenchmarkResult]
     macro: MacroResult
+    calibration: Calibration | None = Field(
+        None, description="confidence calibration over every benchmark's rounds, when the draft reports confidences"
+    )
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -216,6 +233,7 @@ def benchmark_result(
     return BenchmarkResult(
         **acceptance_from_counts(counts),
         **counts,
+        drafted_tokens=sum(o.drafted for o in outcomes),
         samples=samples,
         turns=turns,
         generated_tokens=generated_tokens,

@@ -32,11 +32,18 @@ from rich.progress import (
 from rich.text import Text
 
 from deepspec_core import __version__
+from deepspec_core.decode.policy import POLICIES, DraftLength, profile_sps
 from deepspec_core.decode.rounds import RoundOutcome
 from deepspec_core.decode.speculative import Generation, speculative_generate, target_generate
-from deepspec_core.errors import CheckpointError
+from deepspec_core.errors import CheckpointError, SpecError
 from deepspec_core.eval import benchmarks as bm
 from deepspec_core.eval import metrics as mt
+from deepspec_core.eval.calibration import (
+    calibrate_draft,
+    calibration_report,
+    load_temperatures,
+    plot_reliability,
+)
 from deepspec_core.io import atomic_write_json, atomic_write_text
 
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
@@ -146,17 +153,17 @@ class _Clock:
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
 
-    def time(self, fn: Any, *args: Any) -> tuple[Any, float]:
-        """``fn(*args)`` and the seconds it took."""
+    def time(self, fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+        """``fn(*args, **kwargs)`` and the seconds it took."""
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            out = fn(*args)
+            out = fn(*args, **kwargs)
             end.record()
             torch.cuda.synchronize()
             return out, start.elapsed_time(end) / 1000.0
         t0 = time.perf_counter()
-        out = fn(*args)
+        out = fn(*args, **kwargs)
         return out, time.perf_counter() - t0
 
 
@@ -170,11 +177,13 @@ class EvalSettings:
     all_turns: bool = False
     speed: bool = False
     save_outputs: bool = False
+    draft_length: DraftLength = field(default_factory=DraftLength)
 
 
 @dataclass
 class BenchmarkRun:
     outcomes: list[RoundOutcome] = field(default_factory=list)
+    confident_rounds: list[tuple[list[float], RoundOutcome]] = field(default_factory=list)  # for calibration
     turns: int = 0
     generated: int = 0
     spec_seconds: float = 0.0
@@ -214,7 +223,8 @@ def run_benchmark(
     if s.speed and (indices is None or indices):  # warm-up: allocator, kernels, lazy init of both paths
         ids = _encode(tok, [{"role": "user", "content": prompts.turns[0][0]}], s.thinking, device)
         speculative_generate(
-            model, draft, ids, s.num_draft_tokens, min(16, s.max_new_tokens), s.temperature, gen(0), eos
+            model, draft, ids, s.num_draft_tokens, min(16, s.max_new_tokens), s.temperature, gen(0), eos,
+            draft_length=s.draft_length,
         )
         target_generate(model, ids, min(16, s.max_new_tokens), s.temperature, gen(0))
     for i in range(len(prompts)) if indices is None else indices:
@@ -235,8 +245,11 @@ def run_benchmark(
                 s.temperature,
                 g,
                 eos,
+                draft_length=s.draft_length,
             )
             out.outcomes += res.outcomes
+            if len(res.confidences) == len(res.outcomes):
+                out.confident_rounds += list(zip(res.confidences, res.outcomes, strict=True))
             out.turns += 1
             out.generated += len(res.tokens)
             if s.speed:
@@ -299,6 +312,10 @@ def _protocol(
         block_size=getattr(d, "block_size", None),
         ttt_length=getattr(d, "ttt_length", None),
         num_draft_tokens=s.num_draft_tokens,
+        draft_length=s.draft_length.name,
+        draft_length_threshold=s.draft_length.threshold if s.draft_length.name == "threshold" else None,
+        sts_temperatures=None if s.draft_length.temperatures is None else list(s.draft_length.temperatures),
+        sps_profile=None if s.draft_length.sps is None else list(s.draft_length.sps),
         chain_drafting=True,
         bonus_token_in_tau=True,
         seed=s.seed,
@@ -335,8 +352,19 @@ def evaluate(
     device: str = "auto",
     progress: bool = True,
     plots: bool = True,
+    draft_length: str = "fixed",
+    threshold: float = 0.5,
+    calibrate: bool = False,
+    calibration_data: str | Path | None = None,
+    calibration_limit: int = 64,
 ) -> EvalResult:
-    """Evaluate a trained draft on benchmarks; unset arguments come from the run's ``eval`` spec."""
+    """Evaluate a trained draft on benchmarks; unset arguments come from the run's ``eval`` spec.
+
+    ``draft_length`` picks the draft-length policy (:mod:`deepspec_core.decode.policy`); the
+    scheduler profiles SPS(B) on this machine first. ``calibrate`` fits STS temperatures on
+    held-out prompts (``calibration_data``, else the run's validation split) and stores them with
+    the checkpoint; temperatures stored earlier are used otherwise. Raises SpecError for an unknown
+    policy and DataError when calibration has no held-out prompts."""
     from deepspec_core.train.launch import detect_env
 
     env = detect_env()
@@ -358,11 +386,19 @@ def evaluate(
         raise CheckpointError(
             f"--num-draft-tokens {s.num_draft_tokens} exceeds the draft's block ({cap})", f"use at most {cap}"
         )
+    if draft_length not in POLICIES:
+        raise SpecError(f"--draft-length {draft_length!r} is not a policy", f"choose one of: {', '.join(POLICIES)}")
+    temperatures = load_temperatures(loaded.step_dir)
+    if calibrate:
+        temperatures = calibrate_draft(loaded, s, calibration_data, calibration_limit)
+    sps = profile_sps(loaded.target.model, s.num_draft_tokens + 1) if draft_length == "scheduler" else None
+    s.draft_length = DraftLength(draft_length, threshold, sps, None if temperatures is None else tuple(temperatures))
     thinking_source = "draft" if thinking is None or thinking == loaded.spec.target.thinking else "override"
     out = Path(out_dir).expanduser() if out_dir else default_out_dir(loaded)
     prompts = [bm.load_benchmark(n, data_dir or ev.data_dir, limit or ev.limit, s.all_turns) for n in names]
     per: dict[str, mt.BenchmarkResult] = {}
     files: list[Path] = []
+    confident_rounds: list[tuple[list[float], RoundOutcome]] = []
     with _progress(progress and env.is_main) as bar:
         for p in prompts:
             mine = list(range(env.rank, len(p), env.world_size))
@@ -378,6 +414,7 @@ def evaluate(
             per[p.name] = mt.benchmark_result(
                 run.outcomes, s.num_draft_tokens, len(p), run.turns, run.generated, speed_
             )
+            confident_rounds += run.confident_rounds
             if save_outputs and env.is_main:
                 path = out / "outputs" / f"{p.name}.jsonl"
                 atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in run.outputs))
@@ -388,11 +425,18 @@ def evaluate(
         )
         for p in prompts
     ]
+    calibration = (
+        calibration_report(confident_rounds, s.num_draft_tokens, temperatures) if confident_rounds else None
+    )
     results = mt.EvalResults(
-        protocol=_protocol(loaded, s, infos, thinking_source), benchmarks=per, macro=mt.macro_average(per)
+        protocol=_protocol(loaded, s, infos, thinking_source), benchmarks=per, macro=mt.macro_average(per),
+        calibration=calibration,
     )
     if env.is_main:
         files += write_results(results, out, plots)
+        if plots and calibration is not None:
+            files.append(plot_reliability(confident_rounds, s.num_draft_tokens, temperatures, out / "calibration.png",
+                                          f"{results.protocol.algorithm} · T={s.temperature:g}"))
     return EvalResult(results, out, files, env.is_main)
 
 
@@ -405,6 +449,7 @@ def _gather(run: BenchmarkRun) -> BenchmarkRun:
     merged = BenchmarkRun()
     for r in parts:
         merged.outcomes += r.outcomes
+        merged.confident_rounds += r.confident_rounds
         merged.turns += r.turns
         merged.generated += r.generated
         merged.spec_seconds += r.spec_seconds
