@@ -122,6 +122,8 @@ def run_demo(
     if n_seeds < 1:
         raise SpecError(f"--seeds {n_seeds} must be at least 1", "pass --seeds 1 (one training run per algorithm) or more")
     out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"--out {out} is a file", "give a directory (it is created if missing)")
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out)

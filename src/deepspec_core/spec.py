@@ -398,10 +398,17 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not p for p in key.split(".")):
         raise SpecError(f"override {item!r} has an empty field name", "write --set section.field=value")
+    raw = raw.strip()
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError as err:
+        if raw.startswith(("[", "{", '"', "'")):  # meant as TOML, but broken: usually unquoted strings
+            example = '--set \'data.train=["data/x.jsonl"]\'' if raw.startswith("[") else "--set 'a.b=\"text\"'"
+            raise SpecError(
+                f"--set {key}: {raw} is not valid TOML ({err.args[0] if err.args else err})",
+                f"quote each string inside it and the whole argument for the shell, e.g. {example}",
+            ) from None
+        value = raw  # a bare word: the string itself (--set target.model=tiny)
     return key.split("."), value
 
 

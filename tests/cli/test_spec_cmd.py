@@ -76,3 +76,38 @@ def test_train_refuses_a_spec_the_target_contradicts_before_claiming_a_run(tiny_
         assert res.exit_code in (1, 2), res.output
         assert message in " ".join(res.output.split()) and "Traceback" not in res.output, res.output
         assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))
+
+
+def test_a_set_value_that_is_broken_toml_says_to_quote_strings():
+    res = _run("spec", "show", "tiny-dflash", "--set", "data.train=[data/x.jsonl]")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "--set data.train: [data/x.jsonl] is not valid TOML" in res.stderr
+    assert "quote each string" in res.stderr and '["data/x.jsonl"]' in res.stderr
+    ok = _run("spec", "show", "tiny-dflash", "--set", "target.model=tiny", "--plain")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_demo_out_that_is_a_file_is_one_line(tmp_path):
+    f = tmp_path / "results.txt"
+    f.write_text("x")
+    res = _run("demo", "--budget", "smoke", "--out", str(f))
+    assert res.returncode == 2 and f"--out {f} is a file" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_an_unexpected_crash_prints_one_line_and_the_path_of_its_traceback(tmp_path, monkeypatch):
+    """A bug (here: a target loader that raises a plain TypeError) is not a user mistake: one line,
+    exit 1, and a crash log under DEEPSPEC_HOME/logs with the full traceback."""
+    code = ("import deepspec_core.spec as s\n"
+            "def boom(*a, **k):\n    raise TypeError('shape bug deep inside')\n"
+            "s.load_spec = boom\n"
+            "import deepspec_cli.spec_cmd as c\nc.load_spec = boom\n"
+            "from deepspec_cli.main import main; main()")
+    env = {**os.environ, "DEEPSPEC_HOME": str(tmp_path), "DEEPSPEC_DEBUG": "0"}
+    res = subprocess.run([sys.executable, "-c", code, "spec", "check", "tiny-dflash"], capture_output=True,
+                         text=True, env=env)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "unexpected TypeError: shape bug deep inside" in res.stderr
+    logs = list((tmp_path / "logs").glob("crash-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in " ".join(res.stderr.split())
+    text = logs[0].read_text()
+    assert "Traceback" in text and "in boom" in text and "spec check tiny-dflash" in text

@@ -190,3 +190,21 @@ def test_prompts_split_over_processes_give_the_same_results(tmp_path, tiny_targe
     assert (tmp_path / "one" / "outputs" / "mbpp.jsonl").read_text() == (
         tmp_path / "two" / "outputs" / "mbpp.jsonl"
     ).read_text()
+
+
+def test_a_draft_evaluated_with_a_target_of_other_sizes_is_one_line(tmp_path, tiny_target):
+    """--target of another width: one line naming both targets and the first differing shape."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    run = _run_dir(tmp_path, tiny_target, "dflash")
+    other = tmp_path / "other-target"
+    cfg = AutoConfig.from_pretrained(tiny_target)
+    cfg.hidden_size, cfg.intermediate_size = cfg.hidden_size * 2, cfg.intermediate_size * 2
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(other)
+    AutoTokenizer.from_pretrained(tiny_target).save_pretrained(other)
+    res = CliRunner().invoke(app, ["eval", "--draft", str(run), "--target", str(other), "--data-dir", "packaged"])
+    line = " ".join(res.output.split())
+    assert res.exit_code == 1 and "Traceback" not in res.output and "unexpected" not in res.output, res.output
+    assert f"was trained for target {tiny_target}, not --target {other}" in line
+    assert "has shape (" in line and "drop --target" in line

@@ -419,6 +419,14 @@ class DraftModel(nn.Module):
         bad = [k for k in state if k.startswith(FROZEN_PREFIXES)]
         if bad:
             raise CheckpointError(f"checkpoint holds frozen target weights {bad[:2]}", "save with trainable_state_dict()")
+        own = self.state_dict()
+        for k, v in state.items():
+            if k in own and tuple(own[k].shape) != tuple(v.shape):
+                raise CheckpointError(
+                    f"draft checkpoint tensor {k} has shape {tuple(v.shape)}, this {self.algo} model's is "
+                    f"{tuple(own[k].shape)}",
+                    "the draft was trained for a target of other sizes, or with another draft spec",
+                )
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith(FROZEN_PREFIXES)]
         if strict and (missing or unexpected):

@@ -107,7 +107,16 @@ def load_draft(path: Path | str, target: str | None = None, device: str = "auto"
     check_against_target(spec, load_config(spec.target))  # e.g. --target of another size than the draft's
     tgt = load_target_from_spec(spec.target, device=device)
     draft = build_draft(spec, tgt.config, tgt.model.get_input_embeddings(), tgt.model.get_output_embeddings())
-    draft.load_trainable_state_dict(load_weights(step))
+    try:
+        draft.load_trainable_state_dict(load_weights(step))
+    except CheckpointError as err:
+        if not target:
+            raise
+        trained_for = load_spec(draft_toml).target.model
+        raise CheckpointError(
+            f"draft {step} was trained for target {trained_for}, not --target {target}: {err.message}",
+            "evaluate it with its own target (drop --target), or with one of the same sizes",
+        ) from None
     draft.to(device=tgt.device, dtype=tgt.dtype).eval()  # decoding runs under no_grad
     return LoadedDraft(draft, tgt, spec, step, run)
 
