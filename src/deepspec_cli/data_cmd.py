@@ -38,12 +38,14 @@ def fetch(
     test_size: float = typer.Option(0.05, "--test-size", help="Held-out share (< 1) or count (>= 1); 0 writes no held-out file."),
     limit: int = typer.Option(None, "--limit", help="Keep at most N conversations."),
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out draw."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out and its held-out file made by another fetch."),
 ) -> None:
     """Normalise a prompt source into conversations: bad rows dropped and counted, duplicates removed."""
     from deepspec_core.data.fetch import fetch as run_fetch
 
     with console.status(f"reading {source}"):
-        r = run_fetch(source, out, subset=subset, split=split, test_size=test_size, limit=limit, seed=seed)
+        r = run_fetch(source, out, subset=subset, split=split, test_size=test_size, limit=limit, seed=seed,
+                      overwrite=overwrite)
     table = Table(title=f"data fetch · {source}", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -82,7 +84,8 @@ def regen(
     timeout: float = typer.Option(None, "--timeout", help="Seconds per HTTP request before it is retried."),
     max_retries: int = typer.Option(None, "--max-retries", help="Retries per request on timeouts, connection errors and 5xx."),
     thinking: bool = typer.Option(None, "--thinking/--no-thinking", help="Thinking mode (default: the spec's target.thinking, else off)."),
-    limit: int = typer.Option(None, "--limit", help="Only the first N conversations."),
+    limit: int = typer.Option(None, "--limit", help="Generate at most N new conversations (finished ones are kept)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing --out made from another input or sampling."),
     device: str = typer.Option("auto", "--device", help="Device of the local backend (auto, cpu, cuda, cuda:1...)."),
 ) -> None:
     """Regenerate every assistant turn with the target; resumable, output in input order."""
@@ -107,7 +110,7 @@ def regen(
             rate = f"{done / (now - start):.2f} conv/s · {tokens / (now - start):,.0f} tok/s" if now > start else ""
             bar.update(task, completed=done, total=total, rate=rate)
 
-        result = run_regen(in_path, out, settings, limit=limit, device=device, progress=progress,
+        result = run_regen(in_path, out, settings, limit=limit, device=device, progress=progress, overwrite=overwrite,
                            warn=lambda line: err_console.print(f"[yellow]warning:[/] {line}"))
     table = Table(title=f"data regen · {settings.regen.backend} · {settings.target}", show_header=False)
     table.add_column(style="bold")

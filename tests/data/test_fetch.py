@@ -147,3 +147,24 @@ def test_fetch_brings_row_system_prompts_in_and_drops_tool_turns_and_empty_answe
         "tool-call turn (role 'tool')": 1, "unknown role 'critic'": 1}
     first = next(read_conversations(tmp_path / "out.jsonl"))
     assert first["messages"][0] == {"role": "system", "content": "You are terse."}
+
+
+def test_fetch_never_replaces_another_fetch_without_overwrite(sharegpt_file, tmp_path):
+    out = tmp_path / "convs.jsonl"
+    first = fetch(str(sharegpt_file), out, test_size=4)
+    before = (out.read_text(), heldout_path(out).read_text())
+    fetch(str(sharegpt_file), out, test_size=4)  # the same fetch again: the same files
+    assert (out.read_text(), heldout_path(out).read_text()) == before
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n")
+    with pytest.raises(DataError, match=r"already holds a fetch made with other inputs: source .* → ") as info:
+        fetch(str(other), out, test_size=0)
+    assert "--overwrite" in info.value.hint
+    assert (out.read_text(), heldout_path(out).read_text()) == before
+    with pytest.raises(DataError, match="test_size 4 → 0"):
+        fetch(str(sharegpt_file), out, test_size=0)
+    # With --overwrite and no held-out split the old held-out file goes too: the pair stays one unit.
+    r = fetch(str(sharegpt_file), out, test_size=0, overwrite=True)
+    assert r.heldout is None and not heldout_path(out).exists() and r.train == first.kept
+    res = CliRunner().invoke(app, ["data", "fetch", str(other), "--out", str(out)])
+    assert res.exit_code == 1 and "already holds a fetch" in res.output and "Traceback" not in res.output

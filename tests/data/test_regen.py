@@ -265,3 +265,31 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tiny_target, tmp_path):
     done = subprocess.run(_regen_cmd(src, out, tiny_target), check=True, env=env, capture_output=True, text=True)
     assert "already done" in done.stdout
     assert out.read_bytes() == ref.read_bytes()  # no duplicate, no gap, same answers, same order
+
+
+def test_nothing_finished_is_lost_on_a_rerun(tmp_path):
+    """A finished regen rerun with --limit keeps every record (the limit bounds new work); an --out
+    made from another input or sampling is refused with the difference, unless overwrite."""
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_convs(src, 8)
+    assert regenerate(src, out, FakeBackend(), Sampling(), False).written == 8
+    again = regenerate(src, out, FakeBackend(), Sampling(), False, limit=5)
+    assert (again.already_done, again.ok, again.written) == (8, 0, 8) and ids_of(out) == ids
+
+    other = tmp_path / "other.jsonl"
+    write_convs(other, 1)
+    with pytest.raises(DataError, match=r"holds answers regenerated with another input .*in.jsonl → .*other.jsonl") as info:
+        regenerate(other, out, FakeBackend(), Sampling(), False)
+    assert "--overwrite" in info.value.hint and ids_of(out) == ids  # untouched
+    with pytest.raises(DataError, match="another sampling"):
+        regenerate(src, out, FakeBackend(), Sampling(temperature=0.0), False)
+    fresh = regenerate(other, out, FakeBackend(), Sampling(), False, overwrite=True)
+    assert fresh.written == 1 and ids_of(out) == ["c000"]
+
+
+def test_limit_bounds_new_work_and_an_edited_input_keeps_old_records(tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_convs(src, 6)
+    assert regenerate(src, out, FakeBackend(), Sampling(), False, limit=2).written == 2
+    assert regenerate(src, out, FakeBackend(), Sampling(), False, limit=3).written == 5  # 3 more, not 3 in all
+    assert ids_of(out) == ids[:5]

@@ -17,7 +17,7 @@ from typing import Any
 
 from deepspec_core.data.conversations import BadRow, content_hash, dumps, make_conversation, normalize_row
 from deepspec_core.errors import DataError
-from deepspec_core.io import atomic_path
+from deepspec_core.io import atomic_path, atomic_write_json, sha256_file
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -145,10 +145,38 @@ def split_heldout(n: int, test_size: float, seed: int) -> set[int]:
     return set(random.Random(seed).sample(range(n), k)) if k > 0 else set()
 
 
-def _write_jsonl(path: Path, convs: Iterable[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+def _dump(path: Path, convs: Iterable[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
         for c in convs:
             f.write(dumps(c))
+
+
+def provenance_path(out: Path) -> Path:
+    return out.with_name(out.name + ".fetch.json")
+
+
+def _provenance(source: str, subset: str | None, split: str, test_size: float, limit: int | None,
+                seed: int) -> dict[str, Any]:
+    path = Path(source).expanduser()
+    return {"source": source, "source_sha256": sha256_file(path) if path.is_file() else None, "subset": subset,
+            "split": split, "test_size": test_size, "limit": limit, "seed": seed}
+
+
+def _check_outputs(out: Path, record: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to replace a train / held-out pair that other inputs or settings made."""
+    existing = [p for p in (out, heldout_path(out)) if p.exists()]
+    if overwrite or not existing:
+        return
+    side = provenance_path(out)
+    old = json.loads(side.read_text()) if side.is_file() else None
+    if old == record:
+        return  # the same fetch again: it rewrites the same files
+    diffs = "unknown settings (no record of how it was made)" if old is None else ", ".join(
+        f"{k} {old.get(k)!r} → {record[k]!r}" for k in record if old.get(k) != record[k])
+    raise DataError(
+        f"{existing[0]} already holds a fetch made with other inputs: {diffs}",
+        "choose another --out, or pass --overwrite to replace the train and held-out files",
+    )
 
 
 def fetch(
@@ -159,13 +187,19 @@ def fetch(
     test_size: float = 0.05,
     limit: int | None = None,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> FetchResult:
-    """Write ``out`` (train) and ``heldout_path(out)`` (held-out); both in source order."""
+    """Write ``out`` (train) and ``heldout_path(out)`` (held-out), both in source order, as one unit
+    (with ``test_size`` 0 a held-out file left from earlier is removed). Raises DataError when they
+    exist from another fetch, unless ``overwrite``."""
     if test_size < 0:
         raise DataError(f"--test-size must be >= 0, got {test_size}", "0.05 holds out 5%; 100 holds out 100 rows")
     out = Path(out)
+    rows = iter_source(source, subset, split, limit)  # a missing file fails here, before the outputs are checked
+    record = _provenance(source, subset, split, test_size, limit, seed)
+    _check_outputs(out, record, overwrite)
     result = FetchResult(source=source, out=out, heldout=heldout_path(out) if test_size > 0 else None)
-    convs = normalize_rows(iter_source(source, subset, split, limit), result, limit)
+    convs = normalize_rows(rows, result, limit)
     if not convs:
         reasons = ", ".join(f"{r}: {n}" for r, n in result.dropped.most_common(3)) or "the source is empty"
         raise DataError(f"no usable conversation in {source} ({result.rows_in} rows; {reasons})",
@@ -178,7 +212,13 @@ def fetch(
         result.user_turns += sum(m["role"] == "user" for m in c["messages"])
         result.assistant_turns += sum(m["role"] == "assistant" for m in c["messages"])
         result.with_system += c["messages"][0]["role"] == "system"
-    _write_jsonl(out, (c for i, c in enumerate(convs) if i not in held))
-    if result.heldout is not None:
-        _write_jsonl(result.heldout, (c for i, c in enumerate(convs) if i in held))
+    # Both files first to temporaries, then renamed together, then the record of how they were made.
+    with atomic_path(out) as train_tmp:
+        _dump(train_tmp, (c for i, c in enumerate(convs) if i not in held))
+        if result.heldout is not None:
+            with atomic_path(result.heldout) as held_tmp:
+                _dump(held_tmp, (c for i, c in enumerate(convs) if i in held))
+        else:  # no held-out split now: one left from an earlier fetch would no longer match
+            heldout_path(out).unlink(missing_ok=True)
+    atomic_write_json(provenance_path(out), record)
     return result
