@@ -111,3 +111,26 @@ def test_an_unexpected_crash_prints_one_line_and_the_path_of_its_traceback(tmp_p
     assert len(logs) == 1 and str(logs[0]) in " ".join(res.stderr.split())
     text = logs[0].read_text()
     assert "Traceback" in text and "in boom" in text and "spec check tiny-dflash" in text
+
+
+def test_offline_hub_ids_fail_at_once_with_one_line(tmp_path):
+    """No network (HF_HUB_OFFLINE, as on this machine): a hub id fails within seconds with one line
+    that says how to use local files — no retry spam."""
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DEEPSPEC_DEBUG": "0", "DEEPSPEC_HOME": str(tmp_path)}
+    code = "from deepspec_cli.main import main; main()"
+    cases = [
+        (["data", "fetch", "some-org/some-dataset", "--out", str(tmp_path / "x.jsonl")], "the Hugging Face hub is unreachable"),
+        (["data", "regen", "--in", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o.jsonl"),
+          "--target", "some-org/some-model"], "does not exist"),
+        (["data", "cache", "dspark-qwen3-8b", "--estimate", "--set", "target.model='some-org/unknown-model'",
+          "--set", "data.train=[]"], "not in the local Hugging Face cache and the hub is unreachable"),
+    ]
+    for args, message in cases:
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
+        elapsed = time.perf_counter() - t0
+        assert res.returncode != 0 and message in " ".join(res.stderr.split()), (args, res.stderr)
+        assert "Retrying" not in res.stderr and "Traceback" not in res.stderr
+        assert elapsed < 20, (args, elapsed)  # import time included; the hub client retries for ~23 s

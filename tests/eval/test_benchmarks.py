@@ -139,3 +139,16 @@ def test_packaged_prompts_cover_the_offline_benchmarks():
     for name in ("gsm8k", "math500", "humaneval", "mbpp", "lbpp", "mt-bench"):
         b = load_benchmark(name, "packaged")
         assert len(b.turns) == get_benchmark(name).num_samples and all(t and t[0] for t in b.turns)
+
+
+def test_offline_a_hub_benchmark_fails_at_once_naming_the_packaged_prompts(tmp_path, monkeypatch):
+    from deepspec_core.hub import hub_reachable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_reachable.cache_clear()
+    try:
+        with pytest.raises(DataError, match="aime25 .* the Hugging Face hub is unreachable") as info:
+            bm.load_benchmark("aime25", tmp_path)
+        assert "--data-dir packaged" in info.value.hint
+    finally:
+        hub_reachable.cache_clear()

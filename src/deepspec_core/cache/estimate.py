@@ -93,21 +93,12 @@ def target_dims(target_spec: Any) -> tuple[int, int]:
     from deepspec_core.targets import hf
 
     try:
-        from transformers import AutoConfig
-
-        cfg = AutoConfig.from_pretrained(
-            hf.resolve_model(target_spec.model), revision=target_spec.revision,
-            trust_remote_code=target_spec.trust_remote_code,
-        )
-        text = hf.text_config(cfg)
+        text = hf.text_config(hf.load_config(target_spec))
         return int(text.hidden_size), int(text.num_hidden_layers)
-    except (OSError, ValueError) as err:
-        if target_spec.model in KNOWN_TARGETS:
+    except TargetError:
+        if target_spec.model in KNOWN_TARGETS:  # the paper targets' sizes are known without the hub
             return KNOWN_TARGETS[target_spec.model]
-        raise TargetError(
-            f"cannot read the config of target {target_spec.model!r}: {type(err).__name__}",
-            "check target.model and network access (only the config is needed)",
-        ) from err
+        raise
 
 
 def _count_lines(path: Path) -> int:

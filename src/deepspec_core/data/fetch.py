@@ -81,6 +81,12 @@ def _iter_parquet(path: Path) -> Iterator[Any]:
 def _iter_hub(source: str, subset: str | None, split: str, streaming: bool) -> Iterator[Any]:
     import datasets
 
+    from deepspec_core.hub import OFFLINE_HINT, hub_reachable
+
+    if not hub_reachable():
+        raise DataError(f"cannot fetch dataset {source!r}: the Hugging Face hub is unreachable",
+                        f"{OFFLINE_HINT} (a local .jsonl, .json or .parquet file works the same)")
+
     try:
         ds = datasets.load_dataset(source, subset, split=split, streaming=streaming)
     except Exception as err:  # datasets raises many unrelated types for "not found / offline"

@@ -209,7 +209,15 @@ def read_turns_file(path: Path) -> list[list[str]]:
 
 def fetch_turns(bench: Benchmark) -> list[list[str]]:
     """Download the benchmark's hub source and word its prompts like the reference files (needs network)."""
+    from deepspec_core.hub import hub_reachable
+
     src = bench.source
+    if not hub_reachable():
+        raise DataError(
+            f"cannot fetch benchmark {bench.name} ({src.describe()}): the Hugging Face hub is unreachable",
+            f'pass --data-dir with a {bench.name}.jsonl of {{"turns": [...]}} lines (`--data-dir packaged` has '
+            "gsm8k, math500, humaneval, mbpp, lbpp, mt-bench)",
+        )
     try:
         import datasets
 

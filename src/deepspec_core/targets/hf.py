@@ -74,11 +74,23 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
 
 
+def _offline(name: str) -> bool:
+    """A hub id while the hub is unreachable: load from the local cache only (no retries)."""
+    from deepspec_core.hub import hub_reachable
+
+    return not _looks_local(name) and not hub_reachable()
+
+
 def _load_error(what: str, name: str, err: Exception) -> TargetError:
+    from deepspec_core.hub import OFFLINE_HINT
+
     if _looks_local(name) and not Path(name).expanduser().exists():
         return TargetError(f"target directory {name} does not exist", "check target.model")
     if _looks_local(name):
         return TargetError(f"cannot load the {what} from {name}: {err}", "is it a Hugging Face model directory?")
+    if _offline(name):
+        return TargetError(f"the {what} of {name!r} is not in the local Hugging Face cache and the hub is unreachable",
+                           OFFLINE_HINT)
     return TargetError(
         f"cannot load the {what} {name!r} from the hub: {type(err).__name__}",
         "check the id and network access, or download it and point target.model at the directory",
@@ -92,7 +104,8 @@ def load_config(target_spec: Any) -> Any:
     path = resolve_model(target_spec.model)
     try:
         return AutoConfig.from_pretrained(
-            path, revision=target_spec.revision, trust_remote_code=target_spec.trust_remote_code
+            path, revision=target_spec.revision, trust_remote_code=target_spec.trust_remote_code,
+            local_files_only=_offline(path),
         )
     except (OSError, ValueError) as err:
         raise _load_error("config", path, err) from err
@@ -105,7 +118,8 @@ def load_tokenizer(
 
     path = resolve_model(model)
     try:
-        tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
+                                            local_files_only=_offline(path))
     except (OSError, ValueError) as err:
         raise _load_error("tokenizer", path, err) from err
     if chat_template:
@@ -136,7 +150,8 @@ def load_target(
     tokenizer = load_tokenizer(path, revision, chat_template, trust_remote_code)
     try:
         net = AutoModelForCausalLM.from_pretrained(
-            path, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            path, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+            local_files_only=_offline(path),
         )
     except (OSError, ValueError) as err:
         raise _load_error("model", path, err) from err

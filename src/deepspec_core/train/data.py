@@ -278,8 +278,11 @@ def _local_dir(model: str, revision: str | None) -> str:
         return str(Path(model).expanduser())
     from huggingface_hub import snapshot_download
 
+    from deepspec_core.hub import hub_reachable
+
     try:
-        return snapshot_download(model, revision=revision, allow_patterns=["*.safetensors", "*.json"])
+        return snapshot_download(model, revision=revision, allow_patterns=["*.safetensors", "*.json"],
+                                 local_files_only=not hub_reachable())
     except Exception as err:  # offline, gated, typo: one clear line
         raise TargetError(
             f"cannot fetch the weights of target {model!r} for its frozen embedding / lm_head: {type(err).__name__}",
