@@ -55,9 +55,13 @@ def train(
     from deepspec_core.train.loop import Runtime
     from deepspec_core.train.loop import train as run_training
 
-    result = run_training(resolved, Runtime(fresh=fresh, progress=progress, say=_say))
+    result = run_training(resolved, Runtime(fresh=fresh, progress=progress and console.is_terminal, say=_say))
     if detect_env().is_main:
         _render(result)
+    if result.stopped_by:  # stopped on request: the shell and schedulers must see it was not a finished run
+        import signal
+
+        sys.exit(128 + int(signal.Signals[result.stopped_by]))
 
 
 def _say(message: str) -> None:
@@ -66,14 +70,16 @@ def _say(message: str) -> None:
 
 def _render(result) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
-    status = "finished" if result.finished else "stopped (rerun to resume)"
+    status = "finished" if result.finished else (
+        f"stopped by {result.stopped_by} (rerun to resume)" if result.stopped_by else "stopped (rerun to resume)")
     table.add_row("run", str(result.run_dir))
     table.add_row("steps", f"{result.steps}/{result.total_steps} — {status}")
     if result.checkpoint:
         table.add_row("checkpoint", str(result.checkpoint))
     if result.val:
         v = result.val
-        table.add_row("val τ estimate", f"greedy {v.get('tau_greedy', float('nan')):.3f}  expected {v.get('tau_expected', float('nan')):.3f}")
+        table.add_row(f"val τ estimate (step {result.val_step})",
+                      f"greedy {v.get('tau_greedy', float('nan')):.3f}  expected {v.get('tau_expected', float('nan')):.3f}")
         acc = v.get("accept_per_pos")
         if isinstance(acc, list):
             table.add_row("val acceptance", " ".join(f"{x:.2f}" for x in acc))

@@ -145,3 +145,38 @@ def test_a_reduced_vocabulary_is_the_most_frequent_supervised_training_tokens(ma
     assert not torch.equal(got[:64], torch.ones(64, dtype=torch.bool))  # not simply ids 0..63
     covered = float(counts[want].sum() / counts.sum())
     assert f"cover {covered:.1%} of the training targets" in " ".join(messages)
+
+
+def test_ctrl_c_checkpoints_exits_130_and_shows_when_validation_was_measured(make_spec, tmp_path):
+    """`deepspec train` with its output in a file: Ctrl-C finishes the step, checkpoints, prints on a
+    line of its own, reports the last validation with its step, and exits 130; a rerun resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from deepspec_core.spec import save_spec
+
+    spec = make_spec("dflash", "train.max_steps=400", "train.save_every=400", "train.val_every=400")
+    path = tmp_path / "spec.toml"
+    save_spec(spec, path)
+    log = tmp_path / "train.log"
+    cmd = [sys.executable, "-c", "from deepspec_cli.main import main; main()", "train", str(path)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
+        deadline = time.time() + 300
+        while "training dflash" not in log.read_text() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=300) == 130
+    lines = log.read_text().splitlines()
+    assert any(line.startswith("SIGINT: stopping after this step") for line in lines), lines
+    stopped = next(line for line in lines if line.startswith("stopped at step "))
+    step = int(stopped.split()[3])
+    assert 0 < step < 400 and (spec.run_dir() / f"step_{step}").is_dir()
+    assert any("val τ estimate (step 0)" in line for line in lines) and any("stopped by SIGINT" in line for line in lines)
+    again = train(make_spec("dflash", "train.max_steps=400", "train.save_every=400", "train.val_every=400"),
+                  Runtime(progress=False, say=lambda m: None, stop_after=step + 1))
+    assert again.resumed_from == step

@@ -149,11 +149,13 @@ class StopRequest:
 
     def __init__(self, say: Callable[[str], None]):
         self.say, self.requested, self._old = say, False, {}
+        self.signal: str | None = None  # the first signal received
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        self.signal = signal.Signals(signum).name
         self.say(
             f"{signal.Signals(signum).name}: stopping after this step with a checkpoint (Ctrl-C again aborts)"
         )

@@ -66,6 +66,8 @@ class TrainResult:
     finished: bool
     checkpoint: Path | None
     val: dict[str, Any] = field(default_factory=dict)  # last validation metrics
+    val_step: int | None = None  # the step they were measured at
+    stopped_by: str | None = None  # the signal that stopped the run early (SIGINT, SIGTERM, ...)
     train_tokens_per_s: float = 0.0
     minutes: float = 0.0
 
@@ -244,18 +246,19 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
     window_tokens, window_t0 = 0, time.time()
     tokens_run, t_loop0 = 0, time.time()
     val_metrics: dict[str, Any] = {}
+    val_step: int | None = None
     last_ckpt: Path | None = None
     stop = sched.total_steps if rt.stop_after is None else min(sched.total_steps, rt.stop_after)
     if state.step == 0:  # the untrained baseline, so a run's log shows what training bought
-        val_metrics = validate(parts, model, spec, env, device)
+        val_metrics, val_step = validate(parts, model, spec, env, device), state.step
         if val_metrics and logger:
             logger.log(0, "val", val_metrics)
             say(_val_line(0, val_metrics))
     window_t0 = t_loop0 = time.time()
     model.train()
     with (
-        TrainProgress(sched.total_steps, state.step, rt.progress and env.is_main) as progress,
-        StopRequest(say) as stop_req,
+        TrainProgress(sched.total_steps, state.step, rt.progress and env.is_main, say=say) as progress,
+        StopRequest(progress.print if env.is_main else say) as stop_req,
     ):
         for step in range(state.step, stop):
             lr = lr_at(step, sched, spec.train)
@@ -321,7 +324,7 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
                 progress.update(state.step)
 
             if state.step % spec.train.val_every == 0 or state.step == sched.total_steps:
-                val_metrics = validate(parts, model, spec, env, device)
+                val_metrics, val_step = validate(parts, model, spec, env, device), state.step
                 if val_metrics and logger:
                     logger.log(state.step, "val", val_metrics)
                     progress.print(_val_line(state.step, val_metrics))
@@ -330,7 +333,7 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
             if state.step % spec.train.save_every == 0 or state.step == stop or preempted:
                 last_ckpt = _save(run, state, parts, model, optimizer, spec, env)
             if preempted:
-                say(f"stopped at step {state.step} with a checkpoint; rerun the same command to resume")
+                progress.print(f"stopped at step {state.step} with a checkpoint; rerun the same command to resume")
                 break
     if logger:
         logger.close()
@@ -344,6 +347,8 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
         finished=state.step >= sched.total_steps,
         checkpoint=last_ckpt or run.latest(),
         val=val_metrics,
+        val_step=val_step,
+        stopped_by=stop_req.signal,
         train_tokens_per_s=_sum_over_processes(tokens_run, env, device) / max(elapsed, 1e-9),
         minutes=(time.time() - t_start) / 60,
     )

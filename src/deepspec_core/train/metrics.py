@@ -159,10 +159,16 @@ class MetricsLogger:
 
 
 class TrainProgress:
-    """Rich progress bar: step/total, loss, τ estimate, lr, tokens/s, elapsed and ETA."""
+    """Rich progress bar: step/total, loss, τ estimate, lr, tokens/s, elapsed and ETA. When the
+    output is not a terminal (``enabled`` False: nohup, SLURM logs, CI) a plain line with the same
+    figures goes to ``say`` every ``interval`` seconds instead, and messages still reach the log."""
 
-    def __init__(self, total: int, start: int, enabled: bool, console: Console | None = None):
+    def __init__(self, total: int, start: int, enabled: bool, console: Console | None = None,
+                 say: Callable[[str], None] | None = None, interval: float = 30.0):
         self.enabled = enabled
+        self.say, self.interval, self.total, self.start_step = say, interval, total, start
+        self._t0 = self._last_line = time.monotonic()
+        self._fields: dict[str, str] = {"loss": "-", "tau": "-", "lr": "-", "tps": "-"}
         self._progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
@@ -206,7 +212,30 @@ class TrainProgress:
         if tokens_per_s is not None:
             fields["tps"] = f"{tokens_per_s:,.0f}"
         self._progress.update(self._task, completed=step, **fields)
+        self._fields.update(fields)
+        now = time.monotonic()
+        if not self.enabled and self.say and (now - self._last_line >= self.interval or step == self.total):
+            self._last_line = now
+            self.say(self._plain_line(step, now))
+
+    def _plain_line(self, step: int, now: float) -> str:
+        done = step - self.start_step
+        rate = done / max(now - self._t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        f = self._fields
+        return (f"train step {step}/{self.total} ({step / max(self.total, 1):.0%}) · loss {f['loss']} · "
+                f"τ≈{f['tau']} · lr {f['lr']} · {f['tps']} tok/s · {rate:.2f} steps/s · eta {_hms(eta)}")
 
     def print(self, message: str) -> None:
+        """A message on its own line, above the bar (or to the log without one)."""
         if self.enabled:
-            self._progress.console.print(message)
+            self._progress.console.print(message, markup=False, highlight=False)
+        elif self.say:
+            self.say(message)
+
+
+def _hms(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):  # nan / inf: no rate yet
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
