@@ -65,7 +65,8 @@ def test_table_values_domain_means_and_gains(runs, tmp_path):
     assert c.gain("gsm8k", "run-b") == pytest.approx(1.0)
     assert c.speedup["macro"]["run-b"] == pytest.approx(1.8)
     names = {p.name for p in written}
-    assert {"report.md", "summary.json", "acceptance_by_position.png", "tau_by_benchmark.png"} <= names
+    assert {"report.md", "summary.json", "acceptance_by_position.png", "tau_by_benchmark.png",
+            "speedup_by_benchmark.png"} <= names
     for p in written:
         assert p.stat().st_size > 0
     report = (tmp_path / "cmp" / "report.md").read_text()

@@ -271,15 +271,22 @@ def summary_json(c: Comparison) -> dict:
     }
 
 
+def plot_title(c: Comparison) -> str:
+    p = c.entries[0].result.protocol
+    return (f"target {Path(p.target).name or p.target} · T={p.temperature:g} · k={p.num_draft_tokens} · "
+            f"thinking {'on' if p.thinking else 'off'}")
+
+
 def plot_comparison(c: Comparison, out_dir: Path) -> list[Path]:
-    """Conditional acceptance per position (a panel per domain, as in the DSpark paper's Figure 2)
-    and τ per benchmark, as PNG files."""
+    """Conditional acceptance per position (a panel per domain, as in the DSpark paper's Figure 2),
+    τ per benchmark and, when measured, the speedup per benchmark, as PNG files."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
+    title = plot_title(c)
     domains = list(c.domains)
     fig, axes = plt.subplots(1, len(domains), figsize=(4.5 * len(domains), 3.6), squeeze=False)
     for ax, d in zip(axes[0], domains, strict=True):
@@ -294,25 +301,37 @@ def plot_comparison(c: Comparison, out_dir: Path) -> list[Path]:
             ax.plot(range(1, k + 1), mean, marker="o", label=e.name)
             ax.set_xticks(range(1, k + 1))
         ax.set_title(d)
-        ax.set_xlabel("draft position k")
+        ax.set_xlabel("draft position j")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("P(accept k | accepted 1..k-1)")
+    axes[0][0].set_ylabel("P(accept j | accepted 1..j-1)")
     axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     written.append(save_figure(fig, out_dir / "acceptance_by_position.png"))
 
-    labels = [*c.benchmarks, "macro"]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) * max(1, len(c.entries)) / 2), 3.6))
+    written.append(_bars(plt, c, c.tau, "τ (accepted length)", f"τ per benchmark · {title}", 1.0,
+                         out_dir / "tau_by_benchmark.png"))
+    if c.speedup:
+        written.append(_bars(plt, c, c.speedup, "speedup over the target alone (×)",
+                             f"measured speedup · {title}", 1.0, out_dir / "speedup_by_benchmark.png"))
+    return written
+
+
+def _bars(plt, c: Comparison, values: dict[str, dict[str, float]], ylabel: str, title: str, ref: float,
+          path: Path) -> Path:
+    """Grouped bars: one group per row (benchmarks, macro), one bar per draft; a line at ``ref``."""
+    labels = [r for r in [*c.benchmarks, "macro"] if r in values]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) * max(1, len(c.entries)) / 2), 3.8))
     width = 0.8 / len(c.entries)
     for i, e in enumerate(c.entries):
-        vals = [c.tau.get(lbl, {}).get(e.name, float("nan")) for lbl in labels]
+        vals = [values.get(lbl, {}).get(e.name, float("nan")) for lbl in labels]
         ax.bar([x + i * width for x in range(len(labels))], vals, width, label=e.name)
     ax.set_xticks([x + width * (len(c.entries) - 1) / 2 for x in range(len(labels))], labels, rotation=30, ha="right")
-    ax.set_ylabel("τ (accepted length)")
-    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.axhline(ref, color="grey", lw=0.8)
     ax.legend(fontsize=8)
-    written.append(save_figure(fig, out_dir / "tau_by_benchmark.png"))
-    return written
+    return save_figure(fig, path)
 
 
 def compare(
