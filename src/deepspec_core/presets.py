@@ -69,7 +69,6 @@ def _tiny(algo: str) -> RunSpec:
         target=TargetSpec(model="tiny", layer_ids=[0, 1, 2], thinking=False, mask_token_id=TINY_MASK_TOKEN_ID),
         data=DataSpec(
             train=["tiny-data/train.regen.jsonl"],
-            eval=["tiny-data/heldout.regen.jsonl"],
             max_length=256,
             min_loss_tokens=4,
         ),

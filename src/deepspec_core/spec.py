@@ -89,7 +89,8 @@ class DataSpec(_Section):
     train: list[str] = Field([], description="Conversation files (JSONL, DESIGN §4) the draft trains on.")
     eval: list[str] = Field(
         [],
-        description="Held-out conversation files kept beside data.train (training validates on the last train.val_samples training samples).",
+        description="Held-out conversations to validate on (their first train.val_samples); cached with the training data "
+        "and never trained on. Default: none, validation holds back the last train.val_samples training samples.",
     )
     max_length: int = Field(4096, ge=8, description="Tokens per training sample; longer conversations are truncated.")
     min_loss_tokens: int = Field(8, ge=1, description="Samples with fewer supervised tokens are skipped.")

@@ -88,3 +88,32 @@ def test_reduced_eagle3_vocabulary_comes_from_the_training_tokens(make_spec):
     kept = parts.draft.t2d
     assert int(kept.sum()) == 300
     assert bool(kept[counts.argmax()]) and counts[kept].min() >= counts[~kept].max()
+
+
+@pytest.mark.parametrize("source", ["online", "cache"])
+def test_data_eval_is_the_validation_set(make_spec, chat_file, tiny_target, tmp_path, source):
+    """With data.eval, validation reads its conversations (cached after the training files, never
+    trained on); the training set is data.train whole."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from deepspec_core.cache.writer import build_cache
+    from deepspec_core.data.tokenize import iter_tokenized
+    from deepspec_core.train.data import build_parts
+
+    rows = [json.loads(x) for x in chat_file.read_text().splitlines()]
+    evalf = tmp_path / "eval.jsonl"
+    evalf.write_text("".join(json.dumps({**r, "id": f"ev-{r['id']}"}) + "\n" for r in rows[:12]))
+    sets = [f"data.eval=['{evalf}']", "train.val_samples=5"]
+    if source == "cache":
+        sets += ["cache.online=false", f"cache.path='{tmp_path / 'features'}'"]
+        build_cache(make_spec("dflash", *sets))
+    said: list[str] = []
+    parts = build_parts(make_spec("dflash", *sets), torch.device("cpu"), said.append)
+    tok = AutoTokenizer.from_pretrained(tiny_target)
+    n_train = sum(1 for _ in iter_tokenized(chat_file, tok, 96, False, min_loss_tokens=8))
+    first_eval = next(iter_tokenized(evalf, tok, 96, False, min_loss_tokens=8))[1]
+    assert (parts.num_train, parts.num_val, parts.num_heldout) == (n_train, 5, 12)
+    assert parts.val_batch([0]).input_ids[0, : len(first_eval.input_ids)].tolist() == first_eval.input_ids
+    assert any("5 validation samples from data.eval (12 there)" in m for m in said)

@@ -63,21 +63,26 @@ def iter_token_samples(
     min_loss_tokens: int,
     stats: Any = None,
     drop_truncated: bool = False,
+    heldout: Sequence[Path | str] = (),
 ) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
     """(conversation id, {input_ids, loss_mask}) over conversation files, in file order.
 
     Skips (no assistant turn, too few loss tokens, ...) are counted in ``stats``
-    (a :class:`deepspec_core.data.tokenize.TokenizeStats`).
+    (a :class:`deepspec_core.data.tokenize.TokenizeStats`). Samples of the ``heldout`` files (the
+    validation set, listed last in ``files``) carry ``heldout = True``.
     """
     from deepspec_core.data.tokenize import iter_tokenized
 
+    heldout = {str(f) for f in heldout}
     for path in files:
         for conv_id, s in iter_tokenized(path, tokenizer, max_length, thinking, min_loss_tokens, stats=stats,
                                          drop_truncated=drop_truncated):
             yield conv_id, {
                 "input_ids": torch.tensor(s.input_ids, dtype=torch.long),
                 "loss_mask": torch.tensor(s.loss_mask, dtype=torch.bool),
-                "truncated": s.truncated,  # counted by the cache plan; not a tensor, never batched
+                # counted by the cache plan; not tensors, never batched
+                "truncated": s.truncated,
+                "heldout": str(path) in heldout,
             }
 
 
@@ -102,6 +107,7 @@ class OnlineFeatures(Dataset):
         self.layer_ids = list(layer_ids)
         self.pad_id = pad_id
         self.out_device = out_device
+        self.num_heldout = 0  # trailing samples from held-out files (data.eval): never trained on
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -119,20 +125,25 @@ class OnlineFeatures(Dataset):
 
 
 def online_dataset(spec: Any, target: Any, files: Sequence[str] | None = None, stats: Any = None) -> OnlineFeatures:
-    """The training set of ``spec`` (``data.train`` unless ``files``) as live target features.
+    """The samples of ``spec`` as live target features: ``data.train`` (unless ``files``), then the
+    held-out ``data.eval`` ones (``OnlineFeatures.num_heldout`` of them, last).
 
-    Raises DataError naming the files and the skip reasons when no sample is usable."""
+    Raises DataError naming the files and the skip reasons when no training sample is usable."""
+    from deepspec_core.data.conversations import require_eval_files
     from deepspec_core.data.tokenize import TokenizeStats, require_samples
 
+    require_eval_files(spec.data.eval)
     stats = stats if stats is not None else TokenizeStats()
-    files = list(files if files is not None else spec.data.train)
+    train_files = list(files if files is not None else spec.data.train)
     samples = [
         s
         for _, s in iter_token_samples(
-            files, target.tokenizer, spec.data.max_length, spec.target.thinking, spec.data.min_loss_tokens, stats,
-            spec.data.drop_truncated,
+            [*train_files, *spec.data.eval], target.tokenizer, spec.data.max_length, spec.target.thinking,
+            spec.data.min_loss_tokens, stats, spec.data.drop_truncated, heldout=spec.data.eval,
         )
     ]
-    require_samples(stats, files)
+    require_samples(stats, train_files)
     pad = target.tokenizer.pad_token_id or 0
-    return OnlineFeatures(target.model, samples, spec.target.layer_ids, pad_id=pad, out_device=target.device)
+    ds = OnlineFeatures(target.model, samples, spec.target.layer_ids, pad_id=pad, out_device=target.device)
+    ds.num_heldout = sum(bool(s["heldout"]) for s in samples)
+    return ds

@@ -59,8 +59,9 @@ def stale_reasons(manifest: dict[str, Any], spec: Any) -> list[str]:
         path = Path(src["path"]).expanduser()
         if path.is_file() and (path.stat().st_size != src["bytes"] or sha256_file(path) != src["sha256"]):
             reasons.append(f"training file {src['path']} changed since it was built")
-    if sources and sorted(map(str, spec.data.train)) != sorted(src["path"] for src in sources):
-        reasons.append(f"it was built from {[s['path'] for s in sources]}, the run trains on {list(spec.data.train)}")
+    wanted = [*map(str, spec.data.train), *map(str, spec.data.eval)]
+    if sources and spec.data.train and sorted(wanted) != sorted(src["path"] for src in sources):
+        reasons.append(f"it was built from {[s['path'] for s in sources]}, the run reads {wanted}")
     return reasons
 
 

@@ -31,6 +31,7 @@ import torch
 from deepspec_core import __version__
 from deepspec_core.cache import format as fmt
 from deepspec_core.cache.codecs import Codec, get_codec
+from deepspec_core.data.conversations import require_eval_files
 from deepspec_core.data.tokenize import LOSS_MASK_VERSION, no_samples_error
 from deepspec_core.errors import CacheError, DataError
 from deepspec_core.io import atomic_path, atomic_write_json, sha256_file
@@ -73,6 +74,7 @@ class ShardPlan:
     skipped: dict[str, int]
     kept: dict[int, list[Sample]] = field(default_factory=dict)  # shard → samples this rank writes
     truncated: int = 0  # samples cut to max_length (kept, with their first max_length tokens)
+    heldout: int = 0  # trailing samples from the held-out files (data.eval): validation, never trained on
     # occurrences of each token id among supervised tokens (index = id): a reduced draft
     # vocabulary is chosen from them without reading the cache again
     loss_token_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -135,7 +137,7 @@ def plan_shards(
     shards: list[ShardSpan] = []
     kept: dict[int, list[Sample]] = {}
     cur = ShardSpan()
-    truncated = 0
+    truncated = heldout = 0
     counts = np.zeros(0, np.int64)
     for _, s in samples:
         n_loss = int(torch.as_tensor(s["loss_mask"]).sum())
@@ -143,9 +145,12 @@ def plan_shards(
             skipped["too few loss tokens"] += 1
             continue
         truncated += bool(s.get("truncated", False))
-        supervised = torch.as_tensor(s["input_ids"])[torch.as_tensor(s["loss_mask"]).bool()].numpy()
-        here = np.bincount(supervised, minlength=counts.size)
-        counts = here + np.pad(counts, (0, here.size - counts.size))
+        if s.get("heldout", False):
+            heldout += 1  # validation only: its tokens do not choose the draft vocabulary
+        else:
+            supervised = torch.as_tensor(s["input_ids"])[torch.as_tensor(s["loss_mask"]).bool()].numpy()
+            here = np.bincount(supervised, minlength=counts.size)
+            counts = here + np.pad(counts, (0, here.size - counts.size))
         j = len(shards)
         if keep(j):
             # int32 ids: half the memory of int64 while the sample waits for its shard.
@@ -159,7 +164,7 @@ def plan_shards(
             cur = ShardSpan()
     if cur.samples:
         shards.append(cur)
-    return ShardPlan(shards, dict(sorted(skipped.items())), kept, truncated, counts)
+    return ShardPlan(shards, dict(sorted(skipped.items())), kept, truncated, heldout, counts)
 
 
 # -- shards --------------------------------------------------------------------------------------
@@ -285,7 +290,7 @@ def write_cache(
         return j % world_size == rank and _read_meta(out_dir, j) is None
 
     plan = plan_shards(samples, config.shard_tokens, config.min_loss_tokens, keep, skipped)
-    if not plan.samples:  # before anything is written, so the corrected command starts afresh
+    if plan.samples == plan.heldout:  # no training sample; before anything is written, so the fixed command starts afresh
         raise no_samples_error(", ".join(src["path"] for src in config.sources) or str(out_dir), plan.skipped)
     (out_dir / fmt.SHARDS).mkdir(parents=True, exist_ok=True)
     _check_plan(out_dir, plan_dict)
@@ -359,6 +364,7 @@ def finalize_cache(
             "tokens": tokens,
             "loss_tokens": sum(m["loss_tokens"] for m in metas),
             "truncated": plan.truncated,
+            "heldout_samples": plan.heldout,
             "skipped": plan.skipped,
             "loss_token_counts": sparse_counts(plan.loss_token_counts),
         },
@@ -389,6 +395,9 @@ def build_cache(
     files = list(files or spec.data.train)
     if not files:
         raise DataError("no training files", "set data.train in the spec or pass --in FILE")
+    heldout = [] if set(map(str, files)) != set(map(str, spec.data.train)) else list(spec.data.eval)
+    require_eval_files(heldout)
+    files += heldout  # the validation files, cached after the training ones
     codec_obj = get_codec(codec or spec.cache.codec)  # fail on a bad name before loading anything
     sources = source_entries(files)
     rank, world = rank_and_world()
@@ -419,7 +428,7 @@ def build_cache(
     stats = TokenizeStats()
     samples = iter_token_samples(
         files, target.tokenizer, spec.data.max_length, spec.target.thinking, spec.data.min_loss_tokens, stats,
-        spec.data.drop_truncated,
+        spec.data.drop_truncated, heldout=heldout,
     )
     pad = target.tokenizer.pad_token_id or 0
 

@@ -210,6 +210,16 @@ def read_conversations(path: Path | str, limit: int | None = None) -> Iterator[d
             n += 1
 
 
+def require_eval_files(files: list[str]) -> None:
+    """Raise DataError for a ``data.eval`` file that does not exist (before any work)."""
+    for f in files:
+        if not Path(f).expanduser().is_file():
+            raise DataError(
+                f"data.eval file {f} does not exist (the validation set)",
+                "regenerate the held-out split, or set data.eval = [] to validate on the tail of data.train",
+            )
+
+
 def dumps(conv: dict[str, Any]) -> str:
     """One JSONL line (with the newline)."""
     return json.dumps(conv, ensure_ascii=False) + "\n"

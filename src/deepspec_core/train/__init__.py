@@ -10,9 +10,10 @@
 
 Decisions (see the module docstrings for the reasons):
 
-- Validation uses the *last* ``train.val_samples`` samples of the training data (cache or
-  tokenized conversations), which are never trained on; ``data.eval`` files are not read here.
-  One rule offline and online, and no second cache to build.
+- Validation reads the first ``train.val_samples`` samples of ``data.eval`` when the spec has
+  held-out files (cached after the training files, so no second cache), else the *last*
+  ``train.val_samples`` samples of the training data; either way they are never trained on, and
+  the rule is the same offline and online.
 - A run resumes when its ``spec.toml`` differs only in fields that do not change what is trained
   (:data:`checkpoint.RESUMABLE_FIELDS`: logging, checkpoint and validation cadence, loader
   workers, paths, the eval section). ``train.max_steps`` and everything else are refused, since

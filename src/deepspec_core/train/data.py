@@ -110,10 +110,10 @@ def val_batches(indices: list[int], micro_batch: int, rank: int, world_size: int
 
 @dataclass
 class TrainParts:
-    """The draft and its data. Samples ``[0, num_train)`` train; the last ``num_val`` are held out.
-
-    The held-out slice is the tail of the training data (cache or conversations): it needs no
-    second cache, is the same offline and online, and is never trained on.
+    """The draft and its data. Samples ``[0, num_train)`` train; validation reads ``num_val`` samples
+    from ``num_train`` on. Those come from ``data.eval`` when the spec has it (cached or tokenised
+    after the training files, ``num_heldout`` of them), else they are the tail of the training data;
+    either way they are never trained on and are the same offline and online.
     """
 
     draft: Any  # DraftModel, fp32 trainable parameters, on the training device
@@ -122,6 +122,7 @@ class TrainParts:
     num_val: int
     online: bool
     target_path: str
+    num_heldout: int = 0  # samples from data.eval after the training ones (0: validation is the training tail)
 
     def _batch(self, indices: list[int]) -> Any:
         from deepspec_core.drafts.base import collate_samples
@@ -161,8 +162,9 @@ class TrainParts:
             return counts
         counts = torch.zeros(v, dtype=torch.long)
         counts[torch.tensor(stored["ids"], dtype=torch.long)] = torch.tensor(stored["counts"], dtype=torch.long)
-        for i in range(self.num_train, self.num_train + self.num_val):
-            counts -= self._bincount(i, v)
+        if not self.num_heldout:  # the validation tail belongs to the training files: take it out
+            for i in range(self.num_train, self.num_train + self.num_val):
+                counts -= self._bincount(i, v)
         return counts
 
     def _bincount(self, i: int, v: int) -> torch.Tensor:
@@ -260,16 +262,21 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
         embed, head = load_frozen_weights(
             _local_dir(target_path, spec.target.revision), dtype=resolve_dtype(spec.target.dtype, device)
         )
-    num_train, num_val = holdout_sizes(len(dataset), spec.train.val_samples)
+    heldout = dataset.num_heldout if spec.cache.online else int(dataset.manifest["counts"].get("heldout_samples", 0))
+    if heldout:
+        num_train, num_val = len(dataset) - heldout, min(spec.train.val_samples, heldout)
+    else:
+        num_train, num_val = holdout_sizes(len(dataset), spec.train.val_samples)
     source = "online from the target" if spec.cache.online else f"cache {spec.cache_dir()}"
-    say(f"features: {source}; {num_train} training + {num_val} held-out samples")
+    where = f"from data.eval ({heldout} there)" if heldout else "held out from the training data"
+    say(f"features: {source}; {num_train} training samples, {num_val} validation samples {where}")
     draft = build_draft(spec, config, embed, head)
     # fp32 master weights for what trains; the frozen target tensors keep the target's dtype.
     for p in draft.parameters():
         if p.requires_grad:
             p.data = p.data.float()
     draft.to(device)
-    return TrainParts(draft, dataset, num_train, num_val, spec.cache.online, target_path)
+    return TrainParts(draft, dataset, num_train, num_val, spec.cache.online, target_path, heldout)
 
 
 def _local_dir(model: str, revision: str | None) -> str:
