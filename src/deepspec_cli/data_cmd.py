@@ -129,6 +129,28 @@ def regen(
                           "rerun the same command to retry them")
 
 
+@app.command("prompts")
+@handle_errors
+def prompts(
+    out: Path = typer.Option(..., "--out", "-o", help="Prompts file to write (JSONL, one conversation per line)."),
+    n: int = typer.Option(400, "--n", min=1, help="Prompts to write."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out with other content."),
+) -> None:
+    """Offline prompts for the embedded tiny target: docstring → function requests from the Python
+    standard library, files the target never trained on first (what `deepspec demo` uses)."""
+    import json
+
+    from deepspec_core.demo import demo_prompts
+    from deepspec_core.errors import DataError
+    from deepspec_core.io import atomic_write_text
+
+    text = "".join(json.dumps(r) + "\n" for r in demo_prompts(n))
+    if out.exists() and out.read_text() != text and not overwrite:
+        raise DataError(f"{out} exists with other content", "choose another --out, or pass --overwrite")
+    atomic_write_text(out, text)
+    console.print(f"wrote {text.count(chr(10)):,} prompts → {out}")
+
+
 @app.command("show")
 @handle_errors
 def show(
