@@ -105,6 +105,7 @@ def test_fetch_hub_dataset_through_datasets(monkeypatch, tmp_path):
         return iter([_sharegpt(i) for i in range(10)])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr("deepspec_core.hub.hub_reachable", lambda: True)  # this machine has no hub
     r = fetch("org/prompts", tmp_path / "h.jsonl", subset="chat", split="train", test_size=0, limit=4)
     assert calls == [("org/prompts", "chat", "train", True)]  # streamed: --limit needs no full download
     assert r.kept == 4 and r.rows_in == 4

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from deepspec_core.data.local_backend import LocalBackend, generate_answers
 from deepspec_core.data.regen import (
-    LocalBackend,
     Outcome,
     Sampling,
     TurnResult,
     conversation_turns,
     errors_path,
-    generate_answers,
     index_done,
     partial_path,
     regenerate,

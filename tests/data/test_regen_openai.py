@@ -8,8 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from deepspec_cli.main import app
+from deepspec_core.data.local_backend import LocalBackend
 from deepspec_core.data.openai_client import OpenAIBackend, normalize_url, parse_answer, request_body
-from deepspec_core.data.regen import LocalBackend, Sampling, errors_path, regenerate
+from deepspec_core.data.regen import Sampling, errors_path, regenerate
 from deepspec_core.errors import ServerError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
