@@ -23,8 +23,6 @@ from rich.table import Table
 from rich.text import Text
 
 from deepspec_cli.errors import handle_errors
-from deepspec_core.cache import writer
-from deepspec_core.cache.codecs import CODECS
 
 console = Console()
 
@@ -45,8 +43,9 @@ class _TokenRate(ProgressColumn):
         return Text(f"{speed:,.0f} tok/s" if speed else "– tok/s", style="cyan")
 
 
-class RichProgress(writer.Progress):
-    """Writer progress as a rich bar over tokens, with samples, tokens/s and ETA."""
+class RichProgress:
+    """Writer progress (the ``cache.writer.Progress`` protocol) as a rich bar over tokens, with
+    samples, tokens/s and ETA."""
 
     def __init__(self, console: Console):
         self.bar = Progress(
@@ -105,7 +104,9 @@ def cache(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     inputs: list[str] = typer.Option([], "--in", help="Conversation file (JSONL); repeatable. Default: data.train."),
     out: Path | None = typer.Option(None, "--out", help="Cache directory. Default: cache.path of the spec."),
-    codec: str | None = typer.Option(None, "--codec", help=f"One of: {', '.join(CODECS.names())}. Default: cache.codec."),
+    codec: str | None = typer.Option(
+        None, "--codec", help="Codec of the shards (docs/cache.md lists them; a wrong name lists them too). Default: cache.codec."
+    ),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Sequences per target forward."),
     estimate: bool = typer.Option(False, "--estimate", help="Print sizes per codec and exit without writing."),
     sample: int | None = typer.Option(None, "--sample", min=1, help="With --estimate: tokenise N conversations and extrapolate."),
@@ -121,6 +122,8 @@ def cache(
         return
     out_dir = out or resolved.cache_dir()
     with RichProgress(console) as progress:
+        from deepspec_core.cache import writer
+
         manifest = writer.build_cache(resolved, out_dir, inputs or None, codec, batch_size, progress)
     if manifest is None:
         console.print("[green]this rank's shards are written[/]; rank 0 writes the index and manifest")
@@ -150,6 +153,7 @@ def inspect(
     verify: bool = typer.Option(False, "--verify", help="Check every shard's sha256 against the manifest."),
 ) -> None:
     """Print a cache's manifest, sizes and ratio vs raw bf16; --verify checks every checksum."""
+    from deepspec_core.cache.codecs import get_codec
     from deepspec_core.cache.format import describe
     from deepspec_core.cache.reader import FeatureCache
 
@@ -162,7 +166,7 @@ def inspect(
         ("target", f"{target['model']}" + (f" @ {target['revision']}" if target.get("revision") else "")),
         ("tokenizer / chat template", f"{target.get('tokenizer_hash')} / {target.get('chat_template_hash')}"),
         ("layer ids · hidden size", f"{m['layer_ids']} · {m['hidden_size']}"),
-        ("codec", f"{m['codec']} ({CODECS.get(m['codec']).description})"),
+        ("codec", f"{m['codec']} ({get_codec(m['codec']).description})"),
         ("max length · thinking", f"{m['max_length']} · {m['thinking']}"),
         ("samples · tokens", f"{s['samples']:,} · {s['tokens']:,} ({m['counts']['loss_tokens']:,} supervised)"),
         ("skipped", ", ".join(f"{k}: {v:,}" for k, v in m["counts"]["skipped"].items()) or "none"),

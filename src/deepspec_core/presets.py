@@ -36,7 +36,7 @@ def _draft(algo: str, **block_kw):
 
 
 # -- paper recipes ----------------------------------------------------------------------------
-# Target facts per REFERENCE §2–4: captured layers, mask token (an unused embedding row).
+# Target facts (docs/reference.md, targets and training recipe): captured layers, mask token (an unused embedding row).
 _PAPER_TARGETS = {
     "qwen3-4b": dict(model="Qwen/Qwen3-4B", layer_ids=[1, 9, 17, 25, 33], mask_token_id=151669),
     "qwen3-8b": dict(model="Qwen/Qwen3-8B", layer_ids=[1, 9, 17, 25, 33], mask_token_id=151669),

@@ -86,7 +86,7 @@ class RegenSpec(_Section):
 
 class DataSpec(_Section):
     source: str = Field("mlabonne/open-perfectblend", description="Prompt source for `data fetch`: hub dataset id or local file.")
-    train: list[str] = Field([], description="Conversation files (JSONL, DESIGN §4) the draft trains on.")
+    train: list[str] = Field([], description="Conversation files (JSONL, docs/data.md) the draft trains on.")
     eval: list[str] = Field(
         [],
         description="Held-out conversations to validate on (their first train.val_samples); cached with the training data "

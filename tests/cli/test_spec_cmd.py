@@ -134,3 +134,10 @@ def test_offline_hub_ids_fail_at_once_with_one_line(tmp_path):
         assert res.returncode != 0 and message in " ".join(res.stderr.split()), (args, res.stderr)
         assert "Retrying" not in res.stderr and "Traceback" not in res.stderr
         assert elapsed < 20, (args, elapsed)  # import time included; the hub client retries for ~23 s
+
+
+def test_the_cli_starts_without_importing_torch():
+    """`deepspec --help` stays fast: no command module imports torch (or transformers) at import time."""
+    code = "import sys, deepspec_cli.main; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr

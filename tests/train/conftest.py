@@ -13,7 +13,7 @@ from deepspec_core.spec import RunSpec, load_spec
 
 @pytest.fixture(scope="session")
 def chat_file(tmp_path_factory) -> Path:
-    """~200 conversations in the DESIGN §4 format, from a fixed slice of the stdlib."""
+    """~200 conversations in the conversation format (docs/data.md), from a fixed slice of the stdlib."""
     from deepspec_core.targets import tiny_data as td
 
     root = td.stdlib_root()

@@ -3,13 +3,13 @@
 A :class:`Codec` pairs two tensor codecs: one for the K captured layers (``aux_hidden``) and one
 for the final-norm hidden state (``final_hidden``). They are chosen separately because the two
 tolerate error differently: the captured layers only feed the draft's fusion layer, while the
-final hidden state defines the target distribution every loss is measured against (REFERENCE §8:
+final hidden state defines the target distribution every loss is measured against (docs/reference.md, toolchain facts:
 fp8 on it flips 2.9% of SmolLM2's top-1 predictions), so every codec but the most aggressive keeps
 the final hidden state lossless.
 
 Tensor codecs see rows: aux (T, K, H) is encoded as T·K rows of H values, final (T, H) as T rows,
 so "per row" means per token per layer. Decoding returns bfloat16, the dtype of every sample
-(DESIGN §5), whatever the target ran in.
+(docs/cache.md), whatever the target ran in.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import zstandard
 from deepspec_core.errors import CacheError
 from deepspec_core.registry import Registry
 
-ZSTD_LEVEL = 3  # REFERENCE §8: levels 1–3 run at 170–290 MB/s; >= 9 buys ~2% for a large slowdown
+ZSTD_LEVEL = 3  # docs/reference.md (toolchain facts): levels 1–3 run at 170–290 MB/s; >= 9 buys ~2% for a large slowdown
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 FEATURE_DTYPE = torch.bfloat16

@@ -7,7 +7,7 @@ K captured layers and the final hidden state, H values each:
 
 with bytes per value 2.0 for raw bf16 and, for compressed codecs, the value measured by
 ``benchmarks/cache_codecs.py`` (stored on each codec in ``codecs.py``). The reference layout
-(REFERENCE §5) stores 6 bytes of id and masks: 4 + 2 + 2·H·(K+1) = 30,726 bytes/token for
+(docs/reference.md, the cache problem) stores 6 bytes of id and masks: 4 + 2 + 2·H·(K+1) = 30,726 bytes/token for
 Qwen3-4B (H = 2560, K = 5), so 1.24e9 tokens need ~38.1 TB.
 """
 

@@ -1,4 +1,4 @@
-"""On-disk layout of a feature cache (DESIGN §4), version 1.
+"""On-disk layout of a feature cache (docs/cache.md), version 1.
 
 ```
 <dir>/manifest.json            written last and atomically: its presence means "complete"
@@ -148,7 +148,7 @@ def manifest_mismatches(manifest: dict[str, Any], expected: dict[str, Any]) -> l
 
 
 def raw_bf16_bytes_per_token(hidden_size: int, num_layers: int) -> int:
-    """The reference layout: int32 id + two uint8 masks + (K + 1) bf16 vectors (REFERENCE §5)."""
+    """The reference layout: int32 id + two uint8 masks + (K + 1) bf16 vectors (docs/reference.md, the cache problem)."""
     return 4 + 2 + 2 * hidden_size * (num_layers + 1)
 
 

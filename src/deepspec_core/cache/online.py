@@ -5,7 +5,7 @@ output and online mode (``cache.online = true``) hands it to training directly. 
 ``targets.hf.capture_features``, so a ``bf16`` cache and online features are equal by
 construction (given the same batch composition; padding can move fp32 results in the last bits).
 
-Sample dicts (DESIGN §5): ``input_ids`` (T,) int64, ``loss_mask`` (T,) bool, ``aux_hidden``
+Sample dicts (docs/cache.md): ``input_ids`` (T,) int64, ``loss_mask`` (T,) bool, ``aux_hidden``
 (T, K, H) bf16, ``final_hidden`` (T, H) bf16. Features are bf16 whatever the target runs in, so
 that a run gets the same tensors from the cache and online.
 """

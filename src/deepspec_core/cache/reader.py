@@ -6,7 +6,7 @@ position) checked against the record's crc32, so a corrupt record fails loudly, 
 shard, without hashing whole shards on every open; :meth:`FeatureCache.verify` checks every
 shard's sha256 against the manifest.
 
-Samples (DESIGN §5): ``input_ids`` (T,) int64, ``loss_mask`` (T,) bool, ``aux_hidden`` (T, K, H)
+Samples (docs/cache.md): ``input_ids`` (T,) int64, ``loss_mask`` (T,) bool, ``aux_hidden`` (T, K, H)
 bf16, ``final_hidden`` (T, H) bf16 — bf16 for every codec (lossy codecs decode to bf16).
 """
 

@@ -1,4 +1,4 @@
-"""The conversation record (DESIGN §4) and its normalisation from common chat-data layouts.
+"""The conversation record (docs/data.md) and its normalisation from common chat-data layouts.
 
 A conversation is a plain JSON object::
 
@@ -224,6 +224,3 @@ def dumps(conv: dict[str, Any]) -> str:
     """One JSONL line (with the newline)."""
     return json.dumps(conv, ensure_ascii=False) + "\n"
 
-
-def count_turns(conv: dict[str, Any], role: str) -> int:
-    return sum(1 for m in conv["messages"] if m["role"] == role)

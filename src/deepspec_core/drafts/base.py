@@ -403,12 +403,9 @@ class DraftModel(nn.Module):
         draft's confidence in each token (B,): its probability at T = 1, whatever the temperature."""
         idx, p, dist = sample_from_logits(logits, temperature, generator)
         conf = torch.softmax(logits.float(), -1).gather(-1, idx[:, None]).squeeze(-1)
-        ids = self.draft_ids
-        if ids is None:
-            return idx, p, dist, conf
-        if dist is not None:
-            dist = dist.new_zeros(dist.shape[0], self.vocab_size).index_copy_(1, ids, dist)
-        return ids[idx], p, dist, conf
+        if dist is not None and self.draft_ids is not None:  # back to the target vocabulary (zeros elsewhere)
+            dist = dist.new_zeros(dist.shape[0], self.vocab_size).index_copy_(1, self.draft_ids, dist)
+        return self.to_target_ids(idx), p, dist, conf
 
     # -- trainable state ----------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -14,26 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from deepspec_core.decode.rounds import RoundOutcome
 from deepspec_core.decode.schedule import apply_sts, ece
 from deepspec_core.errors import DataError
-
-
-class Calibration(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    sts_temperatures: list[float] | None = Field(description="STS temperature per position; null: none fitted")
-    rounds: list[int] = Field(description="rounds that judged position j, j = 1..k")
-    ece15_raw: list[float | None]
-    ece15_sts: list[float | None] | None = None
-    ece20_raw: list[float | None]
-    ece20_sts: list[float | None] | None = None
-    auc_raw: list[float | None] = Field(description="ROC AUC of a_j for survival; null where one class is absent")
-    auc_sts: list[float | None] | None = None
-    brier_raw: list[float | None]
-    brier_sts: list[float | None] | None = None
+from deepspec_core.eval.metrics import Calibration
 
 
 def auc(pred: torch.Tensor, label: torch.Tensor) -> float | None:

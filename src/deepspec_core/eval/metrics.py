@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deepspec_core.decode.rounds import RoundOutcome
-from deepspec_core.eval.calibration import Calibration
 
 SCHEMA_VERSION = 2
 
@@ -158,6 +157,21 @@ class MacroResult(Acceptance):
     samples: int = Field(ge=0)
     benchmarks_with_rounds: int = Field(ge=0, description="benchmarks averaged (those where a round ran)")
     speedup: float | None = Field(None, description="mean of the benchmarks' speedups when --speed")
+
+
+class Calibration(_Model):
+    """Per-position calibration of the cumulative confidence Π c_i (computed by eval/calibration.py)."""
+
+    sts_temperatures: list[float] | None = Field(description="STS temperature per position; null: none fitted")
+    rounds: list[int] = Field(description="rounds that judged position j, j = 1..k")
+    ece15_raw: list[float | None]
+    ece15_sts: list[float | None] | None = None
+    ece20_raw: list[float | None]
+    ece20_sts: list[float | None] | None = None
+    auc_raw: list[float | None] = Field(description="ROC AUC of a_j for survival; null where one class is absent")
+    auc_sts: list[float | None] | None = None
+    brier_raw: list[float | None]
+    brier_sts: list[float | None] | None = None
 
 
 class EvalResults(_Model):

@@ -54,7 +54,7 @@ class TinyRecipe:
 
 
 SIZES: dict[str, TinyRecipe] = {
-    # REFERENCE §8 recipe, sized to build in ~4 min on 2 cores with bf16 autocast.
+    # docs/reference.md (toolchain facts) recipe, sized to build in ~4 min on 2 cores with bf16 autocast.
     "default": TinyRecipe(256, 4, 4, 2, 64, 768, 4096, 256, 16, 400, 3e-3, 30, 64, 32),
     # For tests: same shape family (4 layers so three can be captured), seconds to build.
     # One thread: its small matmuls gain little from more, and a single thread is immune to the

@@ -1,4 +1,4 @@
-"""Run directories and checkpoints: the ``step_<N>`` layout of DESIGN §4, atomic saves, retention, resume.
+"""Run directories and checkpoints: the ``step_<N>`` layout below, atomic saves, retention, resume.
 
 A run directory holds ``spec.toml`` (the resolved spec), ``step_<N>/`` checkpoints, ``step_latest``
 (a symlink, or a one-line text file naming the directory where symlinks are not possible) and
@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from deepspec_core.errors import CheckpointError
-from deepspec_core.io import atomic_write_json
 from deepspec_core.spec import RunSpec, load_spec, save_spec
 
 STEP_RE = re.compile(r"^step_(\d+)$")
@@ -69,7 +68,6 @@ class TrainState:
     skipped_steps: int = 0  # updates skipped for a non-finite gradient
     world_size: int = 1
     total_steps: int = 0
-    best_val_tau: float | None = None
 
 
 # -- spec comparison ---------------------------------------------------------------------------
@@ -348,6 +346,3 @@ def load_rng(step_dir: Path, rank: int) -> bool:
     set_rng_state(torch.load(path, map_location="cpu", weights_only=True))
     return True
 
-
-def write_run_info(run: RunDir, info: dict[str, Any]) -> None:
-    atomic_write_json(run.path / "run_info.json", info)

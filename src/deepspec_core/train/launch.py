@@ -119,7 +119,7 @@ def launch_command(
 
     Mixed precision and compilation stay off in accelerate: the training loop does its own bf16
     autocast, and the spec — not the launcher — decides it. On a machine without GPUs the same
-    command runs ``gpus`` CPU processes with gloo (REFERENCE §8: ``--cpu`` would run only one).
+    command runs ``gpus`` CPU processes with gloo (docs/reference.md: ``--cpu`` would run only one).
     """
     if gpus < 1 or nodes < 1:
         raise SpecError(f"--gpus ({gpus}) and --nodes ({nodes}) must be at least 1")
