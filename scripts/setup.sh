@@ -3,6 +3,7 @@
 #   bash scripts/setup.sh [VENV_DIR]        (default: .venv)
 # TORCH_SPEC picks the torch build installed first (default torch==2.13.0). Installing torch before
 # the project keeps pip from resolving the open `torch>=2.4` range to a different, multi-GB build.
+# EXTRAS picks the optional extras (default: dev; the test command adds kernels for Triton).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-.venv}"
@@ -13,5 +14,5 @@ fi
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   "$venv/bin/pip" install --quiet "${TORCH_SPEC:-torch==2.13.0}"
 fi
-"$venv/bin/pip" install --quiet -e ".[dev]"
+"$venv/bin/pip" install --quiet -e ".[${EXTRAS:-dev}]"
 "$venv/bin/deepspec" --version

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="$(mktemp -d)/venv"
 trap 'rm -rf "$(dirname "$venv")"' EXIT
-bash scripts/setup.sh "$venv"
+# triton too: its kernels are tested on the CPU through Triton's interpreter.
+EXTRAS=dev,kernels bash scripts/setup.sh "$venv"
 "$venv/bin/ruff" check src tests kernels benchmarks examples
 # A private DEEPSPEC_HOME keeps the tests from reading or writing the user's ~/.deepspec.
 DEEPSPEC_HOME="$(dirname "$venv")/home" "$venv/bin/pytest" -q "$@"

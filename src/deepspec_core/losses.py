@@ -7,7 +7,9 @@ Conventions (all functions):
   rejection sampling accepts a draft token). The DSpark loss term is the L1 form ‖p − q‖₁ = 2·TV,
   as in the paper's loss formula; the drafts say which form they use.
 
-These are the eager reference: fused kernels added to ``deepspec_kernels`` must match them.
+These are the eager reference: the fused Triton kernels of ``deepspec_kernels.losses`` (soft CE;
+CE and TV in one pass) match them in values and gradients, and :func:`vocab_terms` uses them when
+called with ``fused=True`` (``train.fused_losses``).
 
 Memory: at Qwen3-4B shapes a [rows, V] fp32 tensor is 3584 × 151936 × 4 B = 2.18 GB. The block
 drafters therefore never build the logits of all rows at once: :func:`vocab_terms` computes the
@@ -95,6 +97,24 @@ def target_view(
     return tuple(torch.cat(p) for p in zip(*parts, strict=True))
 
 
+def _fused_terms(
+    q_logits: torch.Tensor, p_logits_d: torch.Tensor, lse: torch.Tensor, labels: torch.Tensor | None,
+    want: tuple[str, ...], grad_terms: tuple[str, ...],
+) -> dict[str, torch.Tensor]:
+    """soft_ce / ce / tv from the Triton kernels (``deepspec_kernels.losses``); terms outside
+    ``grad_terms`` are detached."""
+    from deepspec_kernels import losses as fused
+
+    out: dict[str, torch.Tensor] = {}
+    if "soft_ce" in want:
+        out["soft_ce"] = fused.soft_cross_entropy(q_logits, p_logits_d)
+    if "ce" in want or "tv" in want:
+        assert labels is not None or "ce" not in want, "the 'ce' term needs labels"
+        ids = labels if labels is not None else torch.full_like(lse, -100, dtype=torch.long)
+        out["ce"], out["tv"] = fused.ce_and_tv(q_logits, p_logits_d, lse, ids)
+    return {k: v if k in grad_terms else v.detach() for k, v in out.items()}
+
+
 def _terms_of_chunk(
     draft_logits_fn: Callable[..., torch.Tensor],
     want: tuple[str, ...],
@@ -102,16 +122,21 @@ def _terms_of_chunk(
     draft_ids: torch.Tensor | None,
     target: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | Callable[[], tuple[torch.Tensor, ...]],
     labels: torch.Tensor | None,
+    fused: bool,
     *draft_inputs: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
-    q_logits = draft_logits_fn(*draft_inputs).float()  # (c, Vd)
+    q_logits = draft_logits_fn(*draft_inputs)  # (c, Vd)
     # ``target`` is a precomputed target_view, or a thunk that computes it (then a checkpoint's
     # backward recomputes it too, trading time for the memory of a (c, Vd) tensor per chunk).
     p_logits_d, lse, p_top = target() if callable(target) else target
+    done = _fused_terms(q_logits, p_logits_d, lse, labels, want, grad_terms) if fused else {}
+    q_logits = q_logits.float()
     out = []
     for name in want:
         with torch.set_grad_enabled(torch.is_grad_enabled() and name in grad_terms):
-            if name == "soft_ce":
+            if name in done:
+                out.append(done[name])
+            elif name == "soft_ce":
                 # Reduced vocabulary: the target restricted to the draft ids and renormalised.
                 out.append(soft_cross_entropy(q_logits, p_logits_d))
             elif name == "ce":
@@ -145,6 +170,7 @@ def vocab_terms(
     softcap: float | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     target: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    fused: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-row loss terms of N rows, computed ``chunk_rows`` rows at a time.
 
@@ -156,7 +182,8 @@ def vocab_terms(
     labels), tv (½‖q − p‖₁ with p over the full target vocabulary), correct (draft argmax ==
     target argmax, as float). Only ``grad_terms`` carry gradients. Returns {term: (N,) fp32}.
     ``target``: the rows' :func:`target_view`, when the caller already has it (then
-    ``target_hidden`` / ``target_weight`` are not read and may be None).
+    ``target_hidden`` / ``target_weight`` are not read and may be None). ``fused``: soft_ce, ce and
+    tv from the Triton kernels (CUDA, or CPU under ``TRITON_INTERPRET=1``) instead of eager torch.
     """
     n = draft_inputs[0].shape[0]
     chunk_rows = max(1, chunk_rows)
@@ -174,7 +201,7 @@ def vocab_terms(
             def view(th=target_hidden[sl]):
                 return target_view(th, target_weight, softcap, None)
         args = (draft_logits_fn, want, grad_terms, draft_ids, view,
-                None if labels is None else labels[sl], *(x[sl] for x in draft_inputs))
+                None if labels is None else labels[sl], fused, *(x[sl] for x in draft_inputs))
         if need_grad:
             outs = checkpoint(_terms_of_chunk, *args, use_reentrant=False)
         else:

@@ -201,6 +201,11 @@ class TrainSpec(_Section):
     val_every: int = Field(500, ge=1, description="Validate every N optimizer steps (and at the end).")
     val_samples: int = Field(64, ge=0, description="Held-out sequences used for validation.")
     mixed_precision: Literal["auto", "bf16", "no"] = Field("auto", description="'auto' is bf16 autocast on GPU, fp32 on CPU.")
+    fused_losses: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Triton fused vocabulary losses: 'auto' uses them on CUDA when triton is installed; 'on' requires them "
+        "(CUDA, or CPU with TRITON_INTERPRET=1 for testing); 'off' keeps the eager torch losses.",
+    )
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="Data parallelism strategy over processes.")
     num_workers: int = Field(2, ge=0, description="DataLoader workers decoding cache shards.")
     tensorboard: bool = Field(True, description="Write TensorBoard event files when tensorboard is installed.")

@@ -23,7 +23,7 @@ def test_the_stage_by_stage_block_runs_as_written(tiny_target, tmp_path):
     home = tmp_path / "home"
     shutil.copytree(tiny_target, home / "targets" / tiny_target.name)  # the quick build, as tests share it
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "DEEPSPEC_HOME": str(home), "TARGET": "tiny-quick", "STEPS": "4", "N": "48",
+    env = {**os.environ, "DEEPSPEC_HOME": str(home), "TARGET": "tiny-quick", "STEPS": "2", "N": "32",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200"}
     work = tmp_path / "work"
     work.mkdir()

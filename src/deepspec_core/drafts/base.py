@@ -281,6 +281,7 @@ class DraftModel(nn.Module):
         self.embed_scale = float(cfg.hidden_size) ** 0.5 if cfg.model_type.startswith("gemma") else 1.0
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
         self.draft_head: nn.Linear | None = None  # a reduced vocabulary's head: init_draft_vocab
+        self.fused_losses = False  # Triton vocabulary losses (train.fused_losses, set by training)
 
     @classmethod
     def from_spec(cls, draft_spec, target_spec, target_config, embed_weight, lm_head_weight) -> DraftModel:

@@ -138,6 +138,7 @@ class Eagle3Draft(DraftModel):
                 self._logits, (out.reshape(-1, h)[rows],), final[src] if view is None else None, self.target_head.weight,
                 want=("soft_ce", "tv", "correct"), grad_terms=("soft_ce",), draft_ids=self.draft_ids,
                 softcap=self.softcap, target=None if view is None else tuple(x[src] for x in view),
+                fused=self.fused_losses,
             )
             loss = loss + float(weights[i]) * terms["soft_ce"].sum() / normaliser[i]
             correct[rows, i] = terms["correct"]

@@ -271,12 +271,34 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
     where = f"from data.eval ({heldout} there)" if heldout else "held out from the training data"
     say(f"features: {source}; {num_train} training samples, {num_val} validation samples {where}")
     draft = build_draft(spec, config, embed, head)
+    draft.fused_losses = use_fused_losses(spec.train.fused_losses, device)
+    if draft.fused_losses:
+        say("losses: fused Triton kernels (train.fused_losses)")
     # fp32 master weights for what trains; the frozen target tensors keep the target's dtype.
     for p in draft.parameters():
         if p.requires_grad:
             p.data = p.data.float()
     draft.to(device)
     return TrainParts(draft, dataset, num_train, num_val, spec.cache.online, target_path, heldout)
+
+
+def use_fused_losses(setting: str, device: torch.device) -> bool:
+    """Resolve ``train.fused_losses``: 'auto' is on for CUDA with triton installed. Raises SpecError
+    for 'on' without triton, or on a CPU outside Triton's interpreter (TRITON_INTERPRET=1)."""
+    import importlib.util
+    import os
+
+    has_triton = importlib.util.find_spec("triton") is not None
+    if setting == "off" or (setting == "auto" and not (device.type == "cuda" and has_triton)):
+        return False
+    if not has_triton:
+        raise SpecError("train.fused_losses = 'on' needs triton", "pip install 'deepspec[kernels]', or set it to 'auto'")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise SpecError(
+            f"train.fused_losses = 'on' runs Triton kernels on CUDA, not on {device.type}",
+            "set it to 'auto' (eager losses off CUDA); TRITON_INTERPRET=1 runs them slowly on a CPU for testing",
+        )
+    return True
 
 
 def _local_dir(model: str, revision: str | None) -> str:
