@@ -37,8 +37,9 @@ def train(
     Runs in this process on one device, or — with --gpus/--nodes — as one process per GPU under
     `accelerate launch`. Also runs as-is under torchrun, accelerate or SLURM srun.
     """
+    from deepspec_core.distributed import detect_env
     from deepspec_core.train.checkpoint import prepare_run_dir
-    from deepspec_core.train.launch import detect_env, launch_command
+    from deepspec_core.train.launch import launch_command
 
     if allow_stale_cache:
         set_ = [*set_, "cache.allow_stale=true"]

@@ -11,17 +11,18 @@ from typer.testing import CliRunner
 
 from deepspec_cli.main import app
 from deepspec_core.decode.speculative import target_generate
+from deepspec_core.distributed import free_port
 from deepspec_core.errors import CheckpointError
 from deepspec_core.eval.metrics import EvalResults
 from deepspec_core.eval.runner import evaluate, load_draft, resolve_checkpoint
 from deepspec_core.spec import RunSpec, save_spec
-from deepspec_core.train.launch import free_port
 
 
 def _run_dir(tmp_path, tiny_target, algo: str):
     from deepspec_core.drafts import build_draft
+    from deepspec_core.runs import RunDir
     from deepspec_core.targets.hf import load_target
-    from deepspec_core.train.checkpoint import RunDir, TrainState, save_checkpoint
+    from deepspec_core.train.checkpoint import TrainState, save_checkpoint
 
     draft = {"algo": algo, "num_layers": 1, **({"ttt_length": 3} if algo == "eagle3" else {"block_size": 3})}
     spec = RunSpec.model_validate(

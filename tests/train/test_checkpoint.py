@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from deepspec_core.errors import CheckpointError
+from deepspec_core.runs import load_weights
 from deepspec_core.spec import load_spec
 from deepspec_core.train import checkpoint as ckpt
 from deepspec_core.train.metrics import truncate_metrics
@@ -62,7 +63,7 @@ def test_save_layout_latest_and_retention(tmp_path):
     ts = sorted(p.name for p in (path / "training_state").iterdir())
     assert ts == ["optimizer.pt", "rng_rank0.pt", "state.json"]
     assert "block_size" in (path / "draft.toml").read_text() and "[train]" not in (path / "draft.toml").read_text()
-    assert torch.equal(ckpt.load_weights(path)["fc.weight"], torch.full((2, 3), 6.0))
+    assert torch.equal(load_weights(path)["fc.weight"], torch.full((2, 3), 6.0))
     assert ckpt.load_train_state(path).step == 6
     assert not list(run.path.glob(".step_*"))  # no temporaries left
 

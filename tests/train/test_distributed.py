@@ -10,8 +10,8 @@ import sys
 import torch
 from safetensors.torch import load_file
 
+from deepspec_core.distributed import free_port
 from deepspec_core.spec import save_spec
-from deepspec_core.train.launch import free_port
 from deepspec_core.train.loop import Runtime, train
 
 

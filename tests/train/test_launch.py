@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from deepspec_core.distributed import _first_slurm_host, detect_env
 from deepspec_core.errors import SpecError
-from deepspec_core.train.launch import _first_slurm_host, detect_env, launch_command
+from deepspec_core.train.launch import launch_command
 
 
 def test_single_process_by_default():

@@ -88,7 +88,8 @@ def test_sigterm_asks_for_a_checkpoint_instead_of_dying():
     import os
     import signal
 
-    from deepspec_core.train.launch import DistEnv, StopRequest
+    from deepspec_core.distributed import DistEnv
+    from deepspec_core.train.launch import StopRequest
 
     before = signal.getsignal(signal.SIGTERM)
     notes: list[str] = []

@@ -63,7 +63,7 @@ class LoadedDraft:
 
 def resolve_checkpoint(path: Path | str) -> tuple[Path, Path | None]:
     """A run directory (→ its latest checkpoint) or a step directory → (step dir, run dir or None)."""
-    from deepspec_core.train.checkpoint import RunDir
+    from deepspec_core.runs import RunDir
 
     p = Path(path).expanduser()
     if not p.exists():
@@ -86,9 +86,9 @@ def load_draft(path: Path | str, target: str | None = None, device: str = "auto"
     """Rebuild a trained draft: spec from the checkpoint, frozen embed / lm_head from the target,
     trainable weights from ``model.safetensors``. ``target`` overrides the spec's target model."""
     from deepspec_core.drafts import build_draft
+    from deepspec_core.runs import load_weights
     from deepspec_core.spec import check_against_target, load_spec
     from deepspec_core.targets.hf import load_config, load_target_from_spec
-    from deepspec_core.train.checkpoint import load_weights
 
     device = _join_processes(device)
     step, run = resolve_checkpoint(path)
@@ -124,7 +124,7 @@ def load_draft(path: Path | str, target: str | None = None, device: str = "auto"
 def _join_processes(device: str) -> str:
     """Under torchrun / SLURM (one process per GPU, each decoding every world_size-th prompt): join
     the process group and return this process's device; else ``device`` unchanged."""
-    from deepspec_core.train.launch import detect_env, init_distributed, pick_device
+    from deepspec_core.distributed import detect_env, init_distributed, pick_device
 
     env = detect_env()
     if not env.distributed:
@@ -374,7 +374,7 @@ def evaluate(
     held-out prompts (``calibration_data``, else the run's validation split) and stores them with
     the checkpoint; temperatures stored earlier are used otherwise. Raises SpecError for an unknown
     policy and DataError when calibration has no held-out prompts."""
-    from deepspec_core.train.launch import detect_env
+    from deepspec_core.distributed import detect_env
 
     env = detect_env()
     loaded = draft if isinstance(draft, LoadedDraft) else load_draft(draft, target, device)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -30,10 +29,8 @@ import numpy as np
 import torch
 
 from deepspec_core.errors import CheckpointError
+from deepspec_core.runs import LATEST, RunDir
 from deepspec_core.spec import RunSpec, load_spec, save_spec
-
-STEP_RE = re.compile(r"^step_(\d+)$")
-LATEST = "step_latest"
 
 # Fields that may change between a run and its resumption because they do not change what is
 # trained: logging, checkpoint cadence, validation cadence (validation runs on its own RNG stream),
@@ -120,46 +117,6 @@ def draft_config(spec: RunSpec, draft: Any, target_path: str) -> dict[str, Any]:
 
 
 # -- run directory -----------------------------------------------------------------------------
-
-
-@dataclass
-class RunDir:
-    path: Path
-
-    @property
-    def spec_path(self) -> Path:
-        return self.path / "spec.toml"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    def step_dir(self, step: int) -> Path:
-        return self.path / f"step_{step}"
-
-    def steps(self) -> list[int]:
-        if not self.path.is_dir():
-            return []
-        return sorted(
-            int(m.group(1)) for p in self.path.iterdir() if p.is_dir() and (m := STEP_RE.match(p.name))
-        )
-
-    def latest(self) -> Path | None:
-        """The newest complete checkpoint: what ``step_latest`` names, else the highest ``step_<N>``."""
-        link = self.path / LATEST
-        if link.is_symlink() or link.is_dir():
-            target = link.resolve()
-            if target.is_dir():
-                return target
-        elif link.is_file():
-            target = self.path / link.read_text().strip()
-            if target.is_dir():
-                return target
-        steps = self.steps()
-        return self.step_dir(steps[-1]) if steps else None
-
-    def has_run(self) -> bool:
-        return self.spec_path.is_file()
 
 
 def prepare_run_dir(spec: RunSpec, fresh: bool = False, write: bool = True) -> tuple[RunDir, Path | None]:
@@ -310,15 +267,6 @@ def save_checkpoint(
         if step != state.step:
             shutil.rmtree(run.step_dir(step), ignore_errors=True)
     return final
-
-
-def load_weights(step_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    path = step_dir / "model.safetensors"
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {step_dir} has no model.safetensors", "pass --fresh to start over")
-    return load_file(str(path))
 
 
 def load_train_state(step_dir: Path) -> TrainState:

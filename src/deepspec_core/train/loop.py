@@ -22,8 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepspec_core.distributed import DistEnv, detect_env, init_distributed, pick_device, shutdown_distributed
 from deepspec_core.drafts.base import FROZEN_PREFIXES
 from deepspec_core.errors import CheckpointError
+from deepspec_core.runs import RunDir, load_weights
 from deepspec_core.spec import RunSpec, Schedule, TrainSpec, derive_schedule
 from deepspec_core.train import checkpoint as ckpt
 from deepspec_core.train.data import (
@@ -33,14 +35,7 @@ from deepspec_core.train.data import (
     init_vocab_mapping,
     val_batches,
 )
-from deepspec_core.train.launch import (
-    DistEnv,
-    StopRequest,
-    detect_env,
-    init_distributed,
-    pick_device,
-    shutdown_distributed,
-)
+from deepspec_core.train.launch import StopRequest
 from deepspec_core.train.metrics import MetricsLogger, TrainProgress, metrics_of, pooled_metrics
 
 
@@ -210,7 +205,7 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
                 f"{resume_from} belongs to a run of {state.total_steps} steps, this one would have {sched.total_steps}",
                 "the training data changed; pass --fresh to start over",
             )
-        draft.load_trainable_state_dict({k: v.to(device) for k, v in ckpt.load_weights(resume_from).items()})
+        draft.load_trainable_state_dict({k: v.to(device) for k, v in load_weights(resume_from).items()})
         resumed_step = state.step
         say(f"resuming {run.path} from {resume_from.name} (step {state.step}/{sched.total_steps})")
         if state.world_size != env.world_size:
@@ -392,7 +387,7 @@ def _gather_rng(env: DistEnv) -> list[dict[str, Any]]:
 
 
 def _save(
-    run: ckpt.RunDir,
+    run: RunDir,
     state: ckpt.TrainState,
     parts: TrainParts,
     model: nn.Module,

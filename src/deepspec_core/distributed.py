@@ -1,0 +1,99 @@
+"""Processes: detect an existing launcher's environment and set up torch.distributed — shared by
+training and evaluation (which split work over processes the same way).
+
+Any launcher that sets ``RANK``/``WORLD_SIZE`` works: ``torchrun``, ``accelerate launch``, or SLURM
+(``srun``, read from ``SLURM_PROCID``/``SLURM_NTASKS``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    launcher: str = "none"  # none | torchrun | slurm
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    """First host of a SLURM node list such as ``gpu[03-05,07],cpu1`` (no ``scontrol`` needed)."""
+    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
+    if not m:
+        return nodelist
+    prefix, ranges = m.group(1), m.group(2)
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def detect_env(environ: dict[str, str] | None = None) -> DistEnv:
+    """Rank and world size from torchrun / accelerate (RANK, WORLD_SIZE) or SLURM (SLURM_PROCID …).
+
+    For SLURM, MASTER_ADDR/MASTER_PORT are filled in (first host of the allocation, a port derived
+    from the job id) when the job script did not export them, so ``srun deepspec train …`` works.
+    """
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun")
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in env:
+        # Only srun job steps: a plain sbatch script also has SLURM_PROCID but is one process.
+        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        local = int(env.get("SLURM_LOCALID", 0))
+        env.setdefault("MASTER_ADDR", _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")))
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        env.setdefault("RANK", str(rank))
+        env.setdefault("WORLD_SIZE", str(world))
+        env.setdefault("LOCAL_RANK", str(local))
+        return DistEnv(rank, world, local, "slurm")
+    return DistEnv()
+
+
+def pick_device(env: DistEnv, device: str = "auto") -> torch.device:
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", env.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_distributed(env: DistEnv, device: torch.device) -> bool:
+    """Join the process group (NCCL on GPUs, gloo on CPU); False (nothing done) for one process or one already joined."""
+    import torch.distributed as dist
+
+    if not env.distributed or dist.is_initialized():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=env.rank, world_size=env.world_size, timeout=timedelta(minutes=30))
+    return True
+
+
+def shutdown_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
