@@ -155,7 +155,7 @@ def heldout_prompts(spec: Any, data: str | Path | None, limit: int) -> tuple[lis
     return prompts, source
 
 
-def calibrate_draft(loaded: Any, s: Any, data: str | Path | None, limit: int) -> list[float]:
+def calibrate_draft(loaded: Any, s: Any, data: str | Path | None, limit: int, write: bool = True) -> list[float]:
     """Fit STS temperatures on rounds decoded (fixed k, the eval's settings ``s``) from held-out
     prompts; store them with the checkpoint (``calibration.json``) and return them.
 
@@ -179,6 +179,8 @@ def calibrate_draft(loaded: Any, s: Any, data: str | Path | None, limit: int) ->
     except ValueError as err:
         raise DataError(f"cannot calibrate: {err}", "decode longer answers (--max-new-tokens) or more prompts") from None
     temps = fit_sts(conf, accepted)
+    if not write:  # another process of a multi-process evaluation writes the file
+        return temps
     save_temperatures(loaded.step_dir, temps, {
         "source": source, "prompts": len(prompts), "rounds": int(conf.shape[0]), "temperature": s.temperature,
         "ece15_heldout_raw": cumulative_ece(conf, accepted),

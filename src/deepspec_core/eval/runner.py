@@ -399,7 +399,7 @@ def evaluate(
         raise SpecError(f"--draft-length {draft_length!r} is not a policy", f"choose one of: {', '.join(POLICIES)}")
     temperatures = load_temperatures(loaded.step_dir)
     if calibrate:
-        temperatures = calibrate_draft(loaded, s, calibration_data, calibration_limit)
+        temperatures = calibrate_draft(loaded, s, calibration_data, calibration_limit, write=env.is_main)
     sps = profile_sps(loaded.target.model, s.num_draft_tokens + 1) if draft_length == "scheduler" else None
     s.draft_length = DraftLength(draft_length, threshold, sps, None if temperatures is None else tuple(temperatures))
     thinking_source = "draft" if thinking is None or thinking == loaded.spec.target.thinking else "override"
