@@ -42,6 +42,14 @@ LOSS_MASK_VERSION = 2
 _SENTINEL_OPEN, _SENTINEL_CLOSE = "\ue000", "\ue001"
 
 
+class MaskError(DataError):
+    """A conversation whose loss mask cannot be built; ``reason`` is the countable skip label."""
+
+    def __init__(self, reason: str, message: str, hint: str | None = None):
+        super().__init__(message, hint)
+        self.reason = reason
+
+
 @dataclass
 class TokenizedSample:
     input_ids: list[int]
@@ -166,7 +174,8 @@ def _field_region(
     while q < limit - p and text[-1 - q] == other[-1 - q]:
         q += 1
     if other.count(sentinel) != 1 or other[p : len(other) - q] != sentinel:
-        raise DataError(
+        raise MaskError(
+            "template rewrites a turn",
             f"the chat template renders the {keys[0]} of message {i} ({tm[i]['role']}) more than once or "
             "rewrites it, so its tokens cannot be located",
             "set target.chat_template to a template that renders each message once",
@@ -208,8 +217,8 @@ def assistant_spans(
     end-of-turn token is not supervised. Raises DataError when the template drops an answer.
     """
     if _SENTINEL_OPEN in text or _SENTINEL_CLOSE in text:
-        raise DataError("the conversation contains private-use characters U+E000/U+E001",
-                        "remove them from the data: deepspec uses them to locate turns in the template")
+        raise MaskError("private-use characters in the text", "the conversation contains private-use characters "
+                        "U+E000/U+E001", "remove them from the data: deepspec uses them to locate turns in the template")
     specials = _special_texts(tokenizer)
     tm = template_messages(messages, thinking)
     spans: list[AssistantSpan] = []
@@ -220,7 +229,8 @@ def assistant_spans(
             prev_end = content[1] if content is not None else prev_end
             continue
         if content is None:
-            raise DataError(f"assistant turn {i} does not appear in the rendered chat template output",
+            raise MaskError("answer not rendered by the chat template",
+                            f"assistant turn {i} does not appear in the rendered chat template output",
                             "the template drops assistant content; set target.chat_template")
         # Templates read reasoning from reasoning_content (Qwen3) or thinking (others): swap both.
         reasoning = _field_region(tokenizer, tm, i, ("reasoning_content", "thinking"), text, thinking) if (
@@ -271,7 +281,8 @@ def tokenize_conversation(tokenizer: Any, conversation: dict[str, Any], max_leng
     tail = _encode(tokenizer, text[cursor:])
     ids, mask = ids + tail, mask + [0] * len(tail)
     if tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) != text:
-        raise DataError(
+        raise MaskError(
+            "tokenizer does not reproduce the text",
             f"conversation {conversation.get('id')!r}: the tokenizer does not reproduce the rendered text piece by piece",
             "use a tokenizer whose encodings concatenate (byte-level BPE: Qwen, Llama 3, SmolLM2, GPT-2 style)",
         )
@@ -312,6 +323,7 @@ SKIP_HINTS = {
     "answer not rendered by the chat template": "the template drops assistant turns: set target.chat_template",
     "template rewrites a turn": "set target.chat_template to a template that renders each message once",
     "tokenizer does not reproduce the text": "use the target's own (byte-level BPE) tokenizer",
+    "private-use characters in the text": "remove U+E000/U+E001 from the data (deepspec locates turns with them)",
     "loss mask does not match the answer": "check the chat template (target.chat_template) with `deepspec data show`",
     "too few loss tokens": "raise data.max_length or lower data.min_loss_tokens",
     "answer cut by max_tokens": "data.drop_truncated = false keeps them (without an end-of-turn token)",
@@ -351,15 +363,6 @@ class TokenizeStats:
         """One line for a run's log: usable, cut to max_length, skipped by reason."""
         line = f"data: {self.kept:,} of {self.seen:,} conversations usable, {self.truncated:,} cut to data.max_length = {max_length}"
         return line + (f"; skipped — {self.describe_skips()}" if self.skipped else "")
-
-
-def _classify(err: DataError) -> str:
-    text = err.message
-    if "does not appear" in text:
-        return "answer not rendered by the chat template"
-    if "does not reproduce" in text:
-        return "tokenizer does not reproduce the text"
-    return "template rewrites a turn"
 
 
 def _empty_answer(conv: dict[str, Any], thinking: bool) -> bool:
@@ -405,8 +408,8 @@ def iter_tokenized(
         else:
             try:
                 sample = tokenize_conversation(tokenizer, conv, max_length, thinking)
-            except DataError as err:
-                reason = _classify(err)
+            except MaskError as err:  # this conversation only; a missing template fails the whole run
+                reason = err.reason
         if sample is not None and sample.mask_problem():
             reason = "loss mask does not match the answer"
         elif sample is not None and sample.num_loss_tokens < min_loss_tokens:
