@@ -163,3 +163,13 @@ def test_replicas_give_a_mean_and_its_spread(tmp_path):
     other = write_result(tmp_path, "a3", {"gsm8k": [2, 2]}, temperature=0.0)
     with pytest.raises(DataError, match="temperature: a0=1.0 vs a0#1=0.0"):
         compare([[a[0], other], b])
+
+
+def test_one_draft_under_several_draft_length_policies_is_named_by_policy(tmp_path):
+    a = write_result(tmp_path, "run", {"gsm8k": [2, 2]})
+    thr = write_result(tmp_path / "t", "run", {"gsm8k": [2, 1]}, draft_length="threshold", draft_length_threshold=0.3)
+    c, _ = compare([a, thr])
+    assert [e.name for e in c.entries] == ["run@fixed", "run@threshold0.3"] and c.mismatches == []
+    from deepspec_core.compare import plot_title
+
+    assert "(fixed)" not in plot_title(c) and "(fixed)" in plot_title(compare([a])[0])

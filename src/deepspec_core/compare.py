@@ -114,13 +114,22 @@ def _load_result(raw: str | Path) -> tuple[Path, EvalResults]:
         raise DataError(f"{file} is not a deepspec results.json: {first}", "regenerate it with `deepspec eval`") from err
 
 
+def _policy(r: EvalResults) -> str:
+    p = r.protocol
+    return p.draft_length + (f"{p.draft_length_threshold:g}" if p.draft_length_threshold is not None else "")
+
+
 def load_entries(paths: Sequence[str | Path | Sequence[str | Path]]) -> list[Entry]:
     """One entry per item: a path, or a sequence of paths (replicas of one draft, named by the first)."""
-    entries: list[Entry] = []
+    loaded = []
     for raw in paths:
         group = [raw] if isinstance(raw, (str, Path)) else list(raw)
-        (file, result), *rest = [_load_result(p) for p in group]
-        name = _draft_name(result, result.protocol.algorithm)
+        loaded.append([_load_result(p) for p in group])
+    # Results of one draft under several draft-length policies: the policy is part of the name.
+    policies = {_policy(r) for group in loaded for _, r in group}
+    entries: list[Entry] = []
+    for (file, result), *rest in loaded:
+        name = _draft_name(result, result.protocol.algorithm) + (f"@{_policy(result)}" if len(policies) > 1 else "")
         taken = {e.name for e in entries}
         if name in taken:  # two runs with one name: disambiguate by algorithm, then by position
             name = f"{name}-{result.protocol.algorithm}" if f"{name}-{result.protocol.algorithm}" not in taken else f"{name}-{len(entries)}"
@@ -273,7 +282,9 @@ def summary_json(c: Comparison) -> dict:
 
 def plot_title(c: Comparison) -> str:
     p = c.entries[0].result.protocol
-    return (f"target {Path(p.target).name or p.target} · T={p.temperature:g} · k={p.num_draft_tokens} · "
+    policies = {_policy(e.result) for e in c.entries}
+    policy = f" ({policies.pop()})" if len(policies) == 1 else ""
+    return (f"target {Path(p.target).name or p.target} · T={p.temperature:g} · k={p.num_draft_tokens}{policy} · "
             f"thinking {'on' if p.thinking else 'off'}")
 
 
