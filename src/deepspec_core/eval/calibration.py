@@ -128,12 +128,16 @@ def plot_reliability(
 
 def heldout_prompts(spec: Any, data: str | Path | None, limit: int) -> tuple[list[list[dict[str, str]]], str]:
     """Prompts (messages before the first answer) for calibration: ``data`` (a conversations file),
-    else the run's validation split — the last ``train.val_samples`` conversations of ``data.train``.
-    Raises DataError when neither is available."""
+    else the run's validation set — its ``data.eval`` files, or the last ``train.val_samples``
+    conversations of ``data.train``. Raises DataError when none is available."""
     from deepspec_core.data.conversations import read_conversations
 
+    heldout = [Path(f).expanduser() for f in spec.data.eval]
     if data is not None:
         convs, source = list(read_conversations(data)), str(data)
+    elif heldout and all(f.is_file() for f in heldout):
+        convs = [c for f in heldout for c in read_conversations(f)]
+        source = f"data.eval ({', '.join(map(str, heldout))})"
     else:
         files = [Path(f).expanduser() for f in spec.data.train]
         if not spec.train.val_samples or not files or not all(f.is_file() for f in files):
