@@ -9,4 +9,4 @@ trap 'rm -rf "$(dirname "$venv")"' EXIT
 EXTRAS=dev,kernels bash scripts/setup.sh "$venv"
 "$venv/bin/ruff" check src tests kernels benchmarks examples
 # A private DEEPSPEC_HOME keeps the tests from reading or writing the user's ~/.deepspec.
-DEEPSPEC_HOME="$(dirname "$venv")/home" "$venv/bin/pytest" -q "$@"
+DEEPSPEC_HOME="$(dirname "$venv")/home" "$venv/bin/pytest" -q --durations=15 "$@"
