@@ -84,6 +84,7 @@ def _render(result) -> None:
         acc = v.get("accept_per_pos")
         if isinstance(acc, list):
             table.add_row("val acceptance", " ".join(f"{x:.2f}" for x in acc))
-    table.add_row("throughput", f"{result.train_tokens_per_s:,.0f} tokens/s")
-    table.add_row("time", f"{result.minutes:.1f} min")
+    if result.train_tokens_per_s > 0:  # a rerun of a finished run trains nothing: no rate to show
+        table.add_row("throughput", f"{result.train_tokens_per_s:,.0f} tokens/s")
+        table.add_row("time", f"{result.minutes:.1f} min")
     console.print(table)

@@ -80,7 +80,7 @@ def calibration_rounds(generations: Sequence[object]) -> tuple[torch.Tensor, tor
                 conf.append(c)
                 accepted.append(o.accepted)
     if not conf:
-        raise ValueError("no rounds with confidences: calibrate a draft with a confidence head (DSpark)")
+        raise ValueError("no complete rounds with confidences to calibrate on")
     return torch.tensor(conf, dtype=torch.float64), torch.tensor(accepted)
 
 
