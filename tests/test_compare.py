@@ -173,3 +173,13 @@ def test_one_draft_under_several_draft_length_policies_is_named_by_policy(tmp_pa
     from deepspec_core.compare import plot_title
 
     assert "(fixed)" not in plot_title(c) and "(fixed)" in plot_title(compare([a])[0])
+
+
+@pytest.mark.parametrize(("target", "shown"), [("Qwen/Qwen3-4B", "target Qwen/Qwen3-4B ·"),
+                                               ("/home/u/examples/work/target", "target work/target ·"),
+                                               ("tiny", "target tiny ·")])
+def test_plot_titles_name_the_target_by_its_last_two_path_components(tmp_path, target, shown):
+    from deepspec_core.compare import plot_title
+
+    a = write_result(tmp_path, "run", {"gsm8k": [2, 2]}, target=target)
+    assert plot_title(compare([a])[0]).startswith(shown)

@@ -127,7 +127,8 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="Device: auto, cpu, cuda, cuda:1, ..."),
 ) -> None:
     """Evaluate a trained draft: lossless speculative decoding on benchmarks → results.json, plots, table."""
-    from deepspec_core.eval.runner import evaluate, load_draft
+    from deepspec_core.eval.loading import load_draft
+    from deepspec_core.eval.runner import evaluate
 
     loaded = load_draft(draft, target, device)
     if thinking is not None and thinking != loaded.spec.target.thinking:

@@ -284,7 +284,9 @@ def plot_title(c: Comparison) -> str:
     p = c.entries[0].result.protocol
     policies = {_policy(e.result) for e in c.entries}
     policy = f" ({policies.pop()})" if len(policies) == 1 else ""
-    return (f"target {Path(p.target).name or p.target} · T={p.temperature:g} · k={p.num_draft_tokens}{policy} · "
+    # the last two path components: a hub id whole ("Qwen/Qwen3-4B"), a local dir with its parent
+    name = "/".join(Path(p.target).parts[-2:]) or p.target
+    return (f"target {name} · T={p.temperature:g} · k={p.num_draft_tokens}{policy} · "
             f"thinking {'on' if p.thinking else 'off'}")
 
 

@@ -13,8 +13,9 @@ from deepspec_cli.main import app
 from deepspec_core.decode.speculative import target_generate
 from deepspec_core.distributed import free_port
 from deepspec_core.errors import CheckpointError
+from deepspec_core.eval.loading import load_draft, resolve_checkpoint
 from deepspec_core.eval.metrics import EvalResults
-from deepspec_core.eval.runner import evaluate, load_draft, resolve_checkpoint
+from deepspec_core.eval.runner import evaluate
 from deepspec_core.spec import RunSpec, save_spec
 
 

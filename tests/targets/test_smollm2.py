@@ -16,7 +16,7 @@ import torch
 
 from deepspec_core.decode.speculative import speculative_generate, target_generate
 from deepspec_core.drafts import build_draft
-from deepspec_core.eval.runner import eos_token_ids, load_draft
+from deepspec_core.eval.loading import eos_token_ids, load_draft
 from deepspec_core.spec import load_spec
 from deepspec_core.targets.hf import load_target
 

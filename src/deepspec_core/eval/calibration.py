@@ -163,11 +163,11 @@ def calibrate_draft(loaded: Any, s: Any, data: str | Path | None, limit: int, wr
     """Fit STS temperatures on rounds decoded (fixed k, the eval's settings ``s``) from held-out
     prompts; store them with the checkpoint (``calibration.json``) and return them.
 
-    ``loaded`` is a :class:`~deepspec_core.eval.runner.LoadedDraft`. Raises DataError without
+    ``loaded`` is a :class:`~deepspec_core.eval.loading.LoadedDraft`. Raises DataError without
     held-out prompts or rounds (a draft that reports no confidences, answers too short)."""
     from deepspec_core.decode.schedule import calibration_rounds, cumulative_ece, fit_sts
     from deepspec_core.decode.speculative import speculative_generate
-    from deepspec_core.eval.runner import _encode, eos_token_ids
+    from deepspec_core.eval.loading import encode_prompt, eos_token_ids
 
     prompts, source = heldout_prompts(loaded.spec, data, limit)
     model, tok = loaded.target.model, loaded.target.tokenizer
@@ -175,7 +175,7 @@ def calibrate_draft(loaded: Any, s: Any, data: str | Path | None, limit: int, wr
     gens = []
     for i, messages in enumerate(prompts):
         g = torch.Generator(device=loaded.target.device).manual_seed(s.seed + i)
-        ids = _encode(tok, messages, s.thinking, loaded.target.device)
+        ids = encode_prompt(tok, messages, s.thinking, loaded.target.device)
         gens.append(speculative_generate(model, loaded.draft, ids, s.num_draft_tokens, s.max_new_tokens,
                                          s.temperature, g, eos))
     try:

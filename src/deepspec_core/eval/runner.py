@@ -44,116 +44,14 @@ from deepspec_core.eval.calibration import (
     load_temperatures,
     plot_reliability,
 )
+from deepspec_core.eval.loading import (
+    LoadedDraft,
+    default_out_dir,
+    encode_prompt,
+    eos_token_ids,
+    load_draft,
+)
 from deepspec_core.io import atomic_write_json, atomic_write_text
-
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
-
-
-# -- loading a trained draft ------------------------------------------------------------------
-
-
-@dataclass
-class LoadedDraft:
-    draft: Any  # DraftModel, eval mode, on the target's device
-    target: Any  # targets.hf.Target
-    spec: Any  # RunSpec: target + draft sections from the checkpoint, eval defaults from the run
-    step_dir: Path
-    run_dir: Path | None
-
-
-def resolve_checkpoint(path: Path | str) -> tuple[Path, Path | None]:
-    """A run directory (→ its latest checkpoint) or a step directory → (step dir, run dir or None)."""
-    from deepspec_core.runs import RunDir
-
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CheckpointError(
-            f"draft checkpoint {p} does not exist", "pass a run directory or one of its step_<N> directories"
-        )
-    if (p / "model.safetensors").is_file():
-        run = p.parent if (p.parent / "spec.toml").is_file() else None
-        return p, run
-    latest = RunDir(p).latest()
-    if latest is None or not (latest / "model.safetensors").is_file():
-        raise CheckpointError(
-            f"{p} holds no checkpoint (no step_<N>/model.safetensors)",
-            "train first, or pass a step directory",
-        )
-    return latest, p
-
-
-def load_draft(path: Path | str, target: str | None = None, device: str = "auto") -> LoadedDraft:
-    """Rebuild a trained draft: spec from the checkpoint, frozen embed / lm_head from the target,
-    trainable weights from ``model.safetensors``. ``target`` overrides the spec's target model."""
-    from deepspec_core.drafts import build_draft
-    from deepspec_core.runs import load_weights
-    from deepspec_core.spec import check_against_target, load_spec
-    from deepspec_core.targets.hf import load_config, load_target_from_spec
-
-    device = _join_processes(device)
-    step, run = resolve_checkpoint(path)
-    draft_toml = step / "draft.toml"
-    if not draft_toml.is_file():
-        raise CheckpointError(f"checkpoint {step} has no draft.toml", "was it written by `deepspec train`?")
-    spec = load_spec(draft_toml)
-    if run is not None:
-        # The run's spec carries the eval defaults; the checkpoint's own sections win for the model.
-        run_spec = load_spec(run / "spec.toml")
-        spec = run_spec.model_copy(update={"target": spec.target, "draft": spec.draft})
-    if target:
-        spec = spec.model_copy(
-            update={"target": spec.target.model_copy(update={"model": target, "revision": None})}
-        )
-    check_against_target(spec, load_config(spec.target))  # e.g. --target of another size than the draft's
-    tgt = load_target_from_spec(spec.target, device=device)
-    draft = build_draft(spec, tgt.config, tgt.model.get_input_embeddings(), tgt.model.get_output_embeddings())
-    try:
-        draft.load_trainable_state_dict(load_weights(step))
-    except CheckpointError as err:
-        if not target:
-            raise
-        trained_for = load_spec(draft_toml).target.model
-        raise CheckpointError(
-            f"draft {step} was trained for target {trained_for}, not --target {target}: {err.message}",
-            "evaluate it with its own target (drop --target), or with one of the same sizes",
-        ) from None
-    draft.to(device=tgt.device, dtype=tgt.dtype).eval()  # decoding runs under no_grad
-    return LoadedDraft(draft, tgt, spec, step, run)
-
-
-def _join_processes(device: str) -> str:
-    """Under torchrun / SLURM (one process per GPU, each decoding every world_size-th prompt): join
-    the process group and return this process's device; else ``device`` unchanged."""
-    from deepspec_core.distributed import detect_env, init_distributed, pick_device
-
-    env = detect_env()
-    if not env.distributed:
-        return device
-    dev = pick_device(env, device)
-    init_distributed(env, dev)
-    return str(dev)
-
-
-def default_out_dir(loaded: LoadedDraft) -> Path:
-    base = loaded.run_dir if loaded.run_dir is not None else loaded.step_dir
-    return base / "eval" / loaded.step_dir.name
-
-
-# -- one benchmark ----------------------------------------------------------------------------
-
-
-def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """EOS of the generation config and the tokenizer, plus the template's end-of-turn token."""
-    ids: set[int] = set()
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (gen_eos, tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in END_OF_TURN if t in vocab)
-    return sorted(ids)
 
 
 class _Clock:
@@ -201,16 +99,6 @@ class BenchmarkRun:
     outputs: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _encode(
-    tokenizer: Any, messages: list[dict[str, str]], thinking: bool, device: torch.device
-) -> torch.Tensor:
-    from deepspec_core.data.tokenize import render_prompt
-
-    text = render_prompt(tokenizer, messages, thinking)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return torch.tensor([ids], dtype=torch.long, device=device)
-
-
 def run_benchmark(
     loaded: LoadedDraft,
     prompts: bm.BenchmarkPrompts,
@@ -230,7 +118,7 @@ def run_benchmark(
         return torch.Generator(device=device).manual_seed(seed)
 
     if s.speed and (indices is None or indices):  # warm-up: allocator, kernels, lazy init of both paths
-        ids = _encode(tok, [{"role": "user", "content": prompts.turns[0][0]}], s.thinking, device)
+        ids = encode_prompt(tok, [{"role": "user", "content": prompts.turns[0][0]}], s.thinking, device)
         speculative_generate(
             model, draft, ids, s.num_draft_tokens, min(16, s.max_new_tokens), s.temperature, gen(0), eos,
             draft_length=s.draft_length,
@@ -242,7 +130,7 @@ def run_benchmark(
         g = gen(s.seed + i)
         for t, turn in enumerate(turns):
             messages.append({"role": "user", "content": turn})
-            ids = _encode(tok, messages, s.thinking, device)
+            ids = encode_prompt(tok, messages, s.thinking, device)
             res: Generation
             res, secs = clock.time(
                 speculative_generate,
