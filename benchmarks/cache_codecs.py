@@ -13,6 +13,11 @@ one core (torch.set_num_threads(1)), decode tokens/s, relative L2 error of aux a
 for the final hidden state the total variation between softmax(lm_head(h)) before and after
 (and the top-1 flip rate).
 
+What a codec costs in accepted length needs training, so it is measured separately by
+``recipe_ablations.py --what codec`` (docs/cache.md): fp8-zstd against bf16-zstd gave Δτ +0.2% on
+the tiny target (DSpark, 2 seeds; 1,003 vs 1,429 bytes/token) and −2.1% on SmolLM2-135M (DSpark,
+1 seed; 3,296 vs 4,990 bytes/token), which is why bf16-zstd is the default.
+
     python benchmarks/cache_codecs.py [--tiny quick|default] [--tokens 4096] [--json out.json]
 """
 
