@@ -16,12 +16,14 @@ import pytest
 
 _OWNED_HOME: list[str] = []
 
+# Triton reads TRITON_INTERPRET when it decorates a kernel — its own library too — so the kernel
+# tests' CPU mode is set when this file is imported: before any other conftest (tests/kernels/ is
+# an initial conftest, imported before pytest_configure, when it is named on the command line).
+if os.environ.get("DEEPSPEC_KERNELS_NATIVE") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Triton reads TRITON_INTERPRET when it decorates a kernel — its own library too, which another
-    # import may pull in during collection — so the kernel tests' CPU mode is set before anything.
-    if os.environ.get("DEEPSPEC_KERNELS_NATIVE") != "1":
-        os.environ.setdefault("TRITON_INTERPRET", "1")
     # Set before collection so that module-level code in tests also sees the temporary home.
     reuse = os.environ.get("DEEPSPEC_TEST_HOME")
     if reuse:

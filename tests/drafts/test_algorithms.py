@@ -173,7 +173,8 @@ def test_eagle3_loss_with_a_reduced_vocabulary_matches_a_reference():
     from deepspec_core.losses import soft_cross_entropy
 
     torch.manual_seed(0)
-    d = make_draft("eagle3", draft_vocab_size=50, ttt_length=3, loss_convention="valid_rows")
+    d = make_draft("eagle3", draft_vocab_size=50, ttt_length=3)
+    assert d.spec.loss_convention == "valid_rows"  # the default, decided by measurement
     d.set_vocab_mapping(*build_vocab_mapping(torch.rand(VOCAB), 50))
     for p in d.parameters():
         if p.requires_grad:
@@ -202,8 +203,7 @@ def test_eagle3_reference_loss_convention_matches_a_literal_transcription():
     from deepspec_core.losses import soft_cross_entropy
 
     torch.manual_seed(0)
-    d = make_draft("eagle3", ttt_length=3)
-    assert d.spec.loss_convention == "reference"
+    d = make_draft("eagle3", ttt_length=3, loss_convention="reference")
     for p in d.parameters():
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.2)
