@@ -142,7 +142,7 @@ class Eagle3Spec(_DraftCommon):
     ttt_length: int = Field(7, ge=1, description="Training-time-test unroll steps (also the default chain length).")
     step_decay: float = Field(0.8, gt=0.0, le=1.0, description="Loss weight of TTT step i is step_decay**i.")
     # valid_rows by measurement (docs/algorithms.md, "Recipe choices measured"): higher held-out τ than
-    # the reference's normaliser on the tiny target (+5.7%) and on SmolLM2 (+1.1%) at equal budgets.
+    # the reference's normaliser on the tiny target (+4.1%, 2 seeds) and on SmolLM2 (+1.1%) at equal budgets.
     loss_convention: Literal["reference", "valid_rows"] = Field(
         "valid_rows",
         description="TTT loss masking and normalisation. 'reference' (DeepSpec/SpecForge): step i at position t counts "
