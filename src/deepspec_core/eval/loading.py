@@ -18,7 +18,6 @@ from deepspec_core.errors import CheckpointError
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
 
-
 @dataclass
 class LoadedDraft:
     draft: Any  # DraftModel, eval mode, on the target's device
