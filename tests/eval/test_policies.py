@@ -71,3 +71,20 @@ def test_policy_and_calibration_mistakes_are_one_line(tmp_path, tiny_target):
     res = runner.invoke(app, ["eval", "--draft", str(run), "--calibrate", "--data-dir", "packaged"])
     assert res.exit_code == 1 and "calibration needs held-out prompts" in " ".join(res.output.split())
     assert "--calibration-data" in res.output and "Traceback" not in res.output
+
+
+def test_calibration_never_falls_back_to_training_data_when_the_validation_file_is_missing(tmp_path, tiny_target):
+    """A run with data.eval trained on every data.train conversation: without the data.eval file
+    the error names it instead of calibrating on the training tail."""
+    from deepspec_core.spec import load_spec, save_spec
+
+    run = _run_dir(tmp_path, tiny_target, "dspark")
+    train = tmp_path / "train.jsonl"
+    train.write_text(_heldout(tmp_path).read_text())
+    spec = load_spec(run / "spec.toml")
+    data = spec.data.model_copy(update={"train": [str(train)], "eval": [str(tmp_path / "gone.jsonl")]})
+    save_spec(spec.model_copy(update={"data": data}), run / "spec.toml")
+    res = runner.invoke(app, ["eval", "--draft", str(run), "--calibrate", "--data-dir", "packaged"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and "gone.jsonl is not on this machine" in out and "--calibration-data" in out
+    assert not (run / "step_2" / "calibration.json").exists()

@@ -135,7 +135,14 @@ def heldout_prompts(spec: Any, data: str | Path | None, limit: int) -> tuple[lis
     heldout = [Path(f).expanduser() for f in spec.data.eval]
     if data is not None:
         convs, source = list(read_conversations(data)), str(data)
-    elif heldout and all(f.is_file() for f in heldout):
+    elif heldout:
+        # The run trained on all of data.train: its tail is no stand-in for a missing data.eval.
+        missing = [str(f) for f in heldout if not f.is_file()]
+        if missing:
+            raise DataError(
+                f"calibration reads the run's validation set, and its data.eval file {missing[0]} is not on this machine",
+                "copy it here, or pass --calibration-data FILE (conversations the draft did not train on)",
+            )
         convs = [c for f in heldout for c in read_conversations(f)]
         source = f"data.eval ({', '.join(map(str, heldout))})"
     else:
