@@ -39,7 +39,7 @@ def demo_command(
     console.rule("[bold]result")
     console.print(render(res.comparison))
     console.print(f"report: {res.compare_dir / 'report.md'}")
-    console.print(f"plots:  {res.compare_dir / 'acceptance_by_position.png'}, {res.compare_dir / 'tau_by_benchmark.png'}")
+    console.print(f"plots:  {', '.join(str(p) for p in sorted(res.compare_dir.glob('*.png')))}")  # speedup too
     for name, seconds in res.stage_seconds.items():
         console.print(f"  [dim]{seconds:7.1f} s  {name}[/]")
     console.print(f"done in {time.perf_counter() - t0:.0f} s; rerun to reuse finished stages")
