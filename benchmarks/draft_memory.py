@@ -15,10 +15,11 @@ import sys
 import torch
 from transformers import Qwen3Config
 
-from deepspec_core import losses, presets
+from deepspec_core import losses
 from deepspec_core.drafts import build_draft
 from deepspec_core.drafts.base import DraftBatch
 from deepspec_core.drafts.heads import MarkovHead
+from deepspec_core.spec import load_spec
 
 QWEN3_4B = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
                        num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)
@@ -39,7 +40,7 @@ def saved_bytes(run, exclude: set[int]) -> int:
 
 
 def step(algo: str, t: int) -> int:
-    spec = presets.get(f"{algo}-qwen3-4b")
+    spec = load_spec(f"{algo}-qwen3-4b")
     if algo != "eagle3":
         spec.draft.num_anchors = t // 8
     w = (torch.randn(QWEN3_4B.vocab_size, QWEN3_4B.hidden_size) * 0.02).bfloat16()

@@ -18,7 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ALGOS = ("eagle3", "dflash", "dspark")
+from deepspec_core.spec import algorithms
+
+ALGOS = algorithms()
 
 
 def _chats(path: Path, limit: int) -> None:

@@ -39,6 +39,26 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(home, ignore_errors=True)
 
 
+# Test tiers (pyproject.toml [tool.pytest.ini_options] markers): every test module sets
+# `pytestmark = pytest.mark.<tier>`, exactly one; `pytest -m unit` runs the fast tier.
+TIERS = ("unit", "integration", "e2e")
+
+
+def tiers_of(item: pytest.Item) -> set[str]:
+    return {m.name for m in item.iter_markers() if m.name in TIERS}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything: a module without a tier never hides
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    bad = sorted({f"{item.path.relative_to(REPO)}: {sorted(tiers_of(item)) or 'no tier'}"
+                  for item in items if len(tiers_of(item)) != 1})
+    if bad:
+        raise pytest.UsageError(
+            "every test module needs exactly one tier, `pytestmark = pytest.mark.unit` (or integration, e2e):\n  "
+            + "\n  ".join(bad)
+        )
+
+
 @pytest.fixture(scope="session")
 def tiny_target() -> Path:
     """Directory of the quick tiny target (Qwen3, 4 layers, vocab 2048), built once per session."""

@@ -20,6 +20,8 @@ from deepspec_core.eval.metrics import (
     make_speed,
 )
 
+pytestmark = pytest.mark.unit
+
 DOMAIN = {"gsm8k": "math", "math500": "math", "humaneval": "code", "mt-bench": "chat"}
 
 
@@ -33,7 +35,7 @@ def write_result(dir_, name, lengths_by_bench, temperature=1.0, samples=4, speed
     fields = dict(
         target="tiny", draft=str(dir_ / name / "step_10"), algorithm=algorithm, temperature=temperature,
         max_new_tokens=64, thinking=False, thinking_source="draft", chat_template_hash="abc", all_turns=False,
-        subset_seed=980406, block_size=k, num_draft_tokens=k, seed=0, deepspec_version="0", device="cpu",
+        subset_seed=980406, draft_params={"block_size": k}, num_draft_tokens=k, seed=0, deepspec_version="0", device="cpu",
         dtype="float32",
         benchmarks=[BenchmarkInfo(name=b, domain=DOMAIN[b], samples=samples, content_hash=f"h-{b}", source="file")
                     for b in lengths_by_bench],

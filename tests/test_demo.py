@@ -8,7 +8,11 @@ import pytest
 
 from deepspec_core.demo import BUDGETS, run_demo
 from deepspec_core.errors import SpecError
-from deepspec_core.spec import ALGOS
+from deepspec_core.spec import algorithms
+
+pytestmark = pytest.mark.e2e
+
+ALGOS = algorithms()
 
 
 def test_smoke_demo_end_to_end_and_rerun_reuses_stages(tiny_target, tmp_path):

@@ -7,6 +7,8 @@ import torch
 
 from deepspec_core import losses
 
+pytestmark = pytest.mark.unit
+
 
 def _logits(n=6, v=11, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -34,7 +36,12 @@ def test_total_variation_is_half_l1_and_one_minus_overlap():
     tv = losses.total_variation(q, p)
     assert torch.allclose(tv, 0.5 * (q.softmax(-1) - p.softmax(-1)).abs().sum(-1), atol=1e-6)
     assert torch.allclose(tv, 1 - torch.minimum(q.softmax(-1), p.softmax(-1)).sum(-1), atol=1e-6)
-    assert ((tv >= 0) & (tv <= 1)).all() and losses.total_variation(p, p).abs().max() < 1e-6
+    assert losses.total_variation(p, p).abs().max() < 1e-6
+    # the extremes: disjoint supports are 1 apart, half-overlapping ones ½
+    far = torch.tensor([[60.0, -60.0, -60.0]]), torch.tensor([[-60.0, 60.0, -60.0]])
+    assert losses.total_variation(*far).item() == pytest.approx(1.0, abs=1e-6)
+    half = torch.tensor([[0.0, 0.0, -60.0]]), torch.tensor([[0.0, -60.0, 0.0]])
+    assert losses.total_variation(*half).item() == pytest.approx(0.5, abs=1e-6)
 
 
 def test_bce_towards_matches_the_formula():

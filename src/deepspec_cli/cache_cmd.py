@@ -9,20 +9,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
-from rich.text import Text
 
 from deepspec_cli.errors import handle_errors
+from deepspec_cli.progress import progress_for
 
 console = Console()
 
@@ -35,44 +25,6 @@ def _size(n: float) -> str:
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1000
     return f"{n}"
-
-
-class _TokenRate(ProgressColumn):
-    def render(self, task) -> Text:  # type: ignore[override]
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} tok/s" if speed else "– tok/s", style="cyan")
-
-
-class RichProgress:
-    """Writer progress (the ``cache.writer.Progress`` protocol) as a rich bar over tokens, with
-    samples, tokens/s and ETA."""
-
-    def __init__(self, console: Console):
-        self.bar = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-            MofNCompleteColumn(), TextColumn("tokens · {task.fields[samples]:,} samples"),
-            _TokenRate(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console, transient=False,
-        )
-        self.task = None
-
-    def __enter__(self) -> RichProgress:
-        self.bar.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.stop()
-
-    def phase(self, text: str) -> None:
-        self.bar.console.print(f"[dim]{text}…[/]")
-
-    def start(self, total_samples: int, total_tokens: int) -> None:
-        self.task = self.bar.add_task("target forward + encode", total=total_tokens, samples=0)
-        self._samples = 0
-
-    def advance(self, samples: int, tokens: int) -> None:
-        self._samples += samples
-        self.bar.update(self.task, advance=tokens, samples=self._samples)
 
 
 def _print_estimate(est) -> None:
@@ -121,7 +73,7 @@ def cache(
         _print_estimate(estimate_cache(resolved, inputs or None, sample, int(tokens) if tokens else None))
         return
     out_dir = out or resolved.cache_dir()
-    with RichProgress(console) as progress:
+    with progress_for(console) as progress:
         from deepspec_core.cache import writer
 
         manifest = writer.build_cache(resolved, out_dir, inputs or None, codec, batch_size, progress)
@@ -179,10 +131,9 @@ def inspect(
         t.add_row(f"[bold]{k}[/]", v)
     console.print(t)
     if verify:
-        with Progress(TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=console, transient=True) as bar:
-            task = bar.add_task("verify", total=len(m["shards"]))
-            fc.verify(on_shard=lambda name, n: bar.advance(task))
+        total = sum(info["bytes"] for info in m["shards"])
+        with progress_for(console) as progress, progress.stage("verify", total=total / 1e6, unit="MB") as stage:
+            fc.verify(on_shard=lambda name, n: stage.advance(n / 1e6))
         console.print(f"[green]ok[/] all {len(m['shards'])} shard checksums match")
 
 

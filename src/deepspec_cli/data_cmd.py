@@ -7,18 +7,11 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
 from deepspec_cli.errors import handle_errors
+from deepspec_cli.progress import progress_for
 
 app = typer.Typer(help="Prepare training data: fetch prompts, regenerate answers, inspect samples.", no_args_is_help=True)
 console = Console()
@@ -96,20 +89,7 @@ def regen(
         batch_size=batch_size, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         max_tokens=max_tokens, seed=seed, request_timeout=timeout, max_retries=max_retries,
     )
-    columns = (TextColumn("[bold]regen"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("regen", total=None, rate="")
-        clock: dict[str, float] = {}
-
-        def progress(done: int, total: int, tokens: int) -> None:
-            import time
-
-            now = time.perf_counter()
-            start = clock.setdefault("start", now)
-            rate = f"{done / (now - start):.2f} conv/s · {tokens / (now - start):,.0f} tok/s" if now > start else ""
-            bar.update(task, completed=done, total=total, rate=rate)
-
+    with progress_for(console) as progress:
         result = run_regen(in_path, out, settings, limit=limit, device=device, progress=progress, overwrite=overwrite,
                            warn=lambda line: err_console.print(f"[yellow]warning:[/] {line}"))
     table = Table(title=f"data regen · {settings.regen.backend} · {settings.target}", show_header=False)

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from deepspec_cli.compare_cmd import render
 from deepspec_cli.errors import handle_errors
+from deepspec_cli.progress import progress_for
 from deepspec_core.demo import BUDGETS, run_demo
 
 console = Console()
@@ -28,14 +29,15 @@ def demo_command(
     Rerunning reuses finished stages and resumes interrupted ones.
     """
     t0 = time.perf_counter()
-    res = run_demo(
-        out,
-        budget,
-        seeds,
-        progress=console.is_terminal,
-        stage=lambda name: console.rule(f"[bold]{name}"),
-        say=lambda line: console.print(f"  {line}"),
-    )
+    with progress_for(console) as progress:
+        res = run_demo(
+            out,
+            budget,
+            seeds,
+            progress=progress,
+            stage=lambda name: console.rule(f"[bold]{name}"),
+            say=lambda line: console.print(f"  {line}"),
+        )
     console.rule("[bold]result")
     console.print(render(res.comparison))
     console.print(f"report: {res.compare_dir / 'report.md'}")

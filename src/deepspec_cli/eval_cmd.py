@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deepspec_cli.errors import handle_errors
+from deepspec_cli.progress import progress_for
 from deepspec_core.eval.metrics import EvalResults
 
 console = Console()
@@ -130,32 +131,33 @@ def eval_command(
     from deepspec_core.eval.loading import load_draft
     from deepspec_core.eval.runner import evaluate
 
-    loaded = load_draft(draft, target, device)
-    if thinking is not None and thinking != loaded.spec.target.thinking:
-        console.print(
-            f"[yellow]note:[/] thinking {'on' if thinking else 'off'} overrides the draft's training "
-            f"setting ({'on' if loaded.spec.target.thinking else 'off'})"
+    with progress_for(console) as progress:
+        loaded = load_draft(draft, target, device)
+        if thinking is not None and thinking != loaded.spec.target.thinking:
+            console.print(
+                f"[yellow]note:[/] thinking {'on' if thinking else 'off'} overrides the draft's training "
+                f"setting ({'on' if loaded.spec.target.thinking else 'off'})"
+            )
+        res = evaluate(
+            loaded,
+            benchmarks,
+            limit=limit,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            num_draft_tokens=num_draft_tokens,
+            thinking=thinking,
+            data_dir=data_dir,
+            seed=seed,
+            all_turns=all_turns,
+            speed=speed,
+            save_outputs=save_outputs,
+            out_dir=out,
+            progress=progress,
+            draft_length=draft_length,
+            threshold=threshold,
+            calibrate=calibrate,
+            calibration_data=calibration_data,
         )
-    res = evaluate(
-        loaded,
-        benchmarks,
-        limit=limit,
-        temperature=temperature,
-        max_new_tokens=max_new_tokens,
-        num_draft_tokens=num_draft_tokens,
-        thinking=thinking,
-        data_dir=data_dir,
-        seed=seed,
-        all_turns=all_turns,
-        speed=speed,
-        save_outputs=save_outputs,
-        out_dir=out,
-        progress=console.is_terminal,
-        draft_length=draft_length,
-        threshold=threshold,
-        calibrate=calibrate,
-        calibration_data=calibration_data,
-    )
     if not res.main:
         return  # another process of a multi-process run prints the results
     for table in render(res.results):

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deepspec_cli.errors import handle_errors
+from deepspec_cli.progress import progress_for
 from deepspec_core.targets import tiny
 
 app = typer.Typer(help="Build and manage target models.", no_args_is_help=True)
@@ -30,11 +31,15 @@ def tiny_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the build; the same seed gives the same weights."),
 ) -> None:
     """Build the embedded tiny target (small Qwen3 + tokenizer) from the Python stdlib source."""
+    # stderr: the path printed without --out is this command's output, for $(deepspec target tiny)
+    with progress_for(Console(stderr=True)) as progress:
+        if out is None:
+            path = tiny.ensure_tiny_target(size=size, seed=seed, progress=progress)
+        else:
+            path = tiny.build_tiny_target(out, size=size, seed=seed, progress=progress)
     if out is None:
-        path = tiny.ensure_tiny_target(size=size, seed=seed)
         typer.echo(str(path))
         return
-    path = tiny.build_tiny_target(out, size=size, seed=seed)
     console.print(_summary(tiny.read_info(path)))
     console.print(f"[green]built[/] {path}")
 

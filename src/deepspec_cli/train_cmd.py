@@ -53,10 +53,12 @@ def train(
         console.print(f"launching {gpus * nodes} processes ({nodes} node(s)) with accelerate", highlight=False)
         sys.exit(subprocess.call(cmd))
 
+    from deepspec_cli.progress import progress_for
     from deepspec_core.train.loop import Runtime
     from deepspec_core.train.loop import train as run_training
 
-    result = run_training(resolved, Runtime(fresh=fresh, progress=progress and console.is_terminal, say=_say))
+    with progress_for(console, bars=progress) as reporter:
+        result = run_training(resolved, Runtime(fresh=fresh, progress=reporter, say=_say))
     if detect_env().is_main:
         _render(result)
     if result.stopped_by:  # stopped on request: the shell and schedulers must see it was not a finished run

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepspec_core.errors import SpecError
-from deepspec_core.spec import ALGOS, RunSpec, load_spec
+from deepspec_core.progress import Progress, as_progress
+from deepspec_core.spec import RunSpec, algorithms, load_spec
 
 
 @dataclass(frozen=True)
@@ -102,10 +103,12 @@ def run_demo(
     out_dir: str | Path,
     budget: str = "small",
     seeds: int | None = None,
-    progress: bool = True,
+    progress: Progress | bool | None = None,
     stage: Callable[[str], None] = print,
     say: Callable[[str], None] = print,
 ) -> DemoResult:
+    """Every stage in turn (``stage`` gets each one's title, ``say`` the notes); ``progress``
+    reports the long ones (:mod:`deepspec_core.progress`)."""
     from deepspec_core.cache.writer import build_cache
     from deepspec_core.compare import compare
     from deepspec_core.data.fetch import fetch
@@ -118,6 +121,7 @@ def run_demo(
     if budget not in BUDGETS:
         raise SpecError(f"unknown --budget {budget!r}", f"choose one of: {', '.join(BUDGETS)}")
     b = BUDGETS[budget]
+    progress = as_progress(progress)
     n_seeds = b.seeds if seeds is None else seeds
     if n_seeds < 1:
         raise SpecError(f"--seeds {n_seeds} must be at least 1", "pass --seeds 1 (one training run per algorithm) or more")
@@ -145,16 +149,18 @@ def run_demo(
     if not train_file.exists():
         timed("fetch: prompts → conversations", lambda: fetch(str(prompts), train_file, test_size=0.1, seed=0))
 
-    specs = {(algo, seed): demo_spec(algo, out, target_dir, b, seed) for seed in range(n_seeds) for algo in ALGOS}
-    first = specs[(ALGOS[0], 0)]
+    algos = algorithms()  # the first registered is the comparison's baseline
+    specs = {(algo, seed): demo_spec(algo, out, target_dir, b, seed) for seed in range(n_seeds) for algo in algos}
+    first = specs[(algos[0], 0)]
     settings = resolve_settings(None, str(target_dir), thinking=False, max_tokens=b.regen_max_tokens, batch_size=32)
     for name in ("train", "train.heldout"):
         src, dst = data / f"{name}.jsonl", data / f"{name}.regen.jsonl"
         if not dst.exists():
-            timed(f"regen: the target answers {src.name}", lambda s=src, d=dst: run_regen(s, d, settings, warn=say))
+            timed(f"regen: the target answers {src.name}",
+                  lambda s=src, d=dst: run_regen(s, d, settings, progress=progress, warn=say))
 
     if not (Path(first.cache_dir()) / "manifest.json").exists():
-        timed("cache: target features → compressed shards", lambda: build_cache(first))
+        timed("cache: target features → compressed shards", lambda: build_cache(first, progress=progress))
 
     runs: dict[tuple[str, int], Path] = {}
     for (algo, seed), spec in specs.items():
@@ -168,12 +174,12 @@ def run_demo(
             ev = timed(label, lambda r=run_dir: evaluate(r, data_dir=packaged_prompts_dir(), speed=True, progress=progress))
             found = [ev.out_dir / "results.json"]
         result.replicas.setdefault(algo, []).append(found[-1])
-    result.runs = {algo: runs[(algo, 0)] for algo in ALGOS}
-    result.results = {algo: result.replicas[algo][0] for algo in ALGOS}
+    result.runs = {algo: runs[(algo, 0)] for algo in algos}
+    result.results = {algo: result.replicas[algo][0] for algo in algos}
 
     result.compare_dir = out / "compare"
     result.comparison, _ = timed(
         "compare",
-        lambda: compare([result.replicas[a] for a in ALGOS], result.compare_dir, baseline=f"tiny-{ALGOS[0]}"),
+        lambda: compare([result.replicas[a] for a in algos], result.compare_dir, baseline=f"tiny-{algos[0]}"),
     )
     return result

@@ -1,43 +1,24 @@
 """Named run specs: the tiny presets for the embedded target and the paper recipes.
 
-Each preset is a plain function returning a :class:`RunSpec`; ``get(name)`` builds one.
+A preset is ``tiny-<algo>`` or ``<algo>-<target>`` for every registered draft algorithm; the
+draft's own knobs per target size come from its spec class (``PRESETS`` in ``drafts/<algo>.py``).
+``data(name)`` returns the preset as plain spec data; ``deepspec_core.spec.load_spec`` validates it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
-from deepspec_core.registry import Registry
-from deepspec_core.spec import (
-    ALGOS,
-    CacheSpec,
-    DataSpec,
-    DFlashSpec,
-    DSparkSpec,
-    Eagle3Spec,
-    EvalSpec,
-    RunSpec,
-    TargetSpec,
-    TrainSpec,
-)
+from deepspec_core.errors import SpecError
+from deepspec_core.specbase import PresetSize
 from deepspec_core.targets.tiny_data import MASK, SPECIAL_TOKENS
 
 # The tiny tokenizer's special tokens take the first ids, in order; <|mask|> is an unused row.
 TINY_MASK_TOKEN_ID = SPECIAL_TOKENS.index(MASK)
 
-_PRESETS: Registry[Callable[[], RunSpec]] = Registry("preset")
-
-
-def _draft(algo: str, **block_kw):
-    if algo == "eagle3":
-        return Eagle3Spec(ttt_length=block_kw.get("block_size", 7), num_layers=1)
-    cls = DFlashSpec if algo == "dflash" else DSparkSpec
-    return cls(**block_kw)
-
-
 # -- paper recipes ----------------------------------------------------------------------------
 # Target facts (docs/reference.md, targets and training recipe): captured layers, mask token (an unused embedding row).
-_PAPER_TARGETS = {
+PAPER_TARGETS = {
     "qwen3-4b": dict(model="Qwen/Qwen3-4B", layer_ids=[1, 9, 17, 25, 33], mask_token_id=151669),
     "qwen3-8b": dict(model="Qwen/Qwen3-8B", layer_ids=[1, 9, 17, 25, 33], mask_token_id=151669),
     "qwen3-14b": dict(model="Qwen/Qwen3-14B", layer_ids=[1, 10, 19, 28, 37], mask_token_id=151669),
@@ -45,38 +26,37 @@ _PAPER_TARGETS = {
 }
 
 
-def _paper(algo: str, target: str) -> RunSpec:
+def _draft(algo: str, size: PresetSize) -> dict[str, Any]:
+    from deepspec_core.drafts import DRAFTS
+
+    return DRAFTS.get(algo).spec_class.preset(size).model_dump(mode="json", exclude_none=True)
+
+
+def _paper(algo: str, target: str) -> dict[str, Any]:
     # Qwen3 and Gemma ship their chat templates in the tokenizer; thinking is off as in the paper.
-    return RunSpec(
+    return dict(
         name=f"{algo}-{target}",
         project="deepspec",
-        target=TargetSpec(**_PAPER_TARGETS[target], thinking=False),
-        data=DataSpec(train=["data/perfectblend.regen.jsonl"], eval=["data/perfectblend.heldout.regen.jsonl"]),
-        cache=CacheSpec(),
-        draft=_draft(algo, block_size=7, num_layers=5, num_anchors=512),
-        train=TrainSpec(lr=6e-4, warmup_ratio=0.04, grad_clip=1.0, global_batch_size=512, epochs=10),
-        eval=EvalSpec(temperature=1.0, max_new_tokens=2048),
+        target=dict(**PAPER_TARGETS[target], thinking=False),
+        data=dict(train=["data/perfectblend.regen.jsonl"], eval=["data/perfectblend.heldout.regen.jsonl"]),
+        draft=_draft(algo, "paper"),
+        train=dict(lr=6e-4, warmup_ratio=0.04, grad_clip=1.0, global_batch_size=512, epochs=10),
+        eval=dict(temperature=1.0, max_new_tokens=2048),
     )
 
 
 # -- tiny presets for the embedded target ----------------------------------------------------
 
 
-def _tiny(algo: str) -> RunSpec:
-    return RunSpec(
+def _tiny(algo: str) -> dict[str, Any]:
+    return dict(
         name=f"tiny-{algo}",
         project="tiny",
-        target=TargetSpec(model="tiny", layer_ids=[0, 1, 2], thinking=False, mask_token_id=TINY_MASK_TOKEN_ID),
-        data=DataSpec(
-            train=["tiny-data/train.regen.jsonl"],
-            max_length=256,
-            min_loss_tokens=4,
-        ),
-        cache=CacheSpec(batch_size=16, shard_size_mb=32),
-        draft=_draft(algo, block_size=4, num_layers=1, num_anchors=32)
-        if algo != "eagle3"
-        else Eagle3Spec(ttt_length=4, num_layers=1),
-        train=TrainSpec(
+        target=dict(model="tiny", layer_ids=[0, 1, 2], thinking=False, mask_token_id=TINY_MASK_TOKEN_ID),
+        data=dict(train=["tiny-data/train.regen.jsonl"], max_length=256, min_loss_tokens=4),
+        cache=dict(batch_size=16, shard_size_mb=32),
+        draft=_draft(algo, "tiny"),
+        train=dict(
             lr=3e-3,
             global_batch_size=16,
             micro_batch_size=8,
@@ -87,19 +67,29 @@ def _tiny(algo: str) -> RunSpec:
             val_samples=16,
             num_workers=0,
         ),
-        eval=EvalSpec(benchmarks=["humaneval", "mbpp"], temperature=0.0, max_new_tokens=64, limit=8),
+        eval=dict(benchmarks=["humaneval", "mbpp"], temperature=0.0, max_new_tokens=64, limit=8),
     )
 
 
-for _algo in ALGOS:
-    _PRESETS.add(f"tiny-{_algo}", lambda a=_algo: _tiny(a))
-    for _target in _PAPER_TARGETS:
-        _PRESETS.add(f"{_algo}-{_target}", lambda a=_algo, t=_target: _paper(a, t))
+def _all() -> dict[str, tuple[str, str | None]]:
+    """Preset name → (algorithm, paper target or None for tiny)."""
+    from deepspec_core.drafts import DRAFTS
+
+    out: dict[str, tuple[str, str | None]] = {}
+    for algo in DRAFTS.registered():
+        out[f"tiny-{algo}"] = (algo, None)
+        out.update({f"{algo}-{target}": (algo, target) for target in PAPER_TARGETS})
+    return out
 
 
 def names() -> list[str]:
-    return _PRESETS.names()
+    return sorted(_all())
 
 
-def get(name: str) -> RunSpec:
-    return _PRESETS.get(name)()
+def data(name: str) -> dict[str, Any]:
+    """The preset ``name`` as spec data. Raises SpecError listing the presets for an unknown name."""
+    found = _all().get(name)
+    if found is None:
+        raise SpecError(f"unknown preset {name!r}", f"choose one of: {', '.join(names())}")
+    algo, target = found
+    return _tiny(algo) if target is None else _paper(algo, target)

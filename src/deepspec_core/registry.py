@@ -30,6 +30,10 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._items[name] = obj
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (plug-ins registered for a test or a session)."""
+        del self._items[name]
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]
@@ -39,6 +43,10 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def registered(self) -> list[str]:
+        """Names in registration order."""
+        return list(self._items)
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -1,13 +1,20 @@
 """Run directories as written by training and read by evaluation and export: where the checkpoints
-are, which is the newest, and the trainable weights of one. (Writing them — atomic saves,
-retention, resume — is ``deepspec_core.train.checkpoint``.)
+are, which is the newest, the trainable weights of one and its ``config.json``. (Writing them —
+atomic saves, retention, resume — is ``deepspec_core.train.checkpoint``.)
+
+A checkpoint's ``config.json`` is Hugging Face style and the single source for rebuilding the
+draft: ``architectures`` / ``model_type`` name the draft class, ``draft`` holds the draft's spec
+section (its ``algo`` picks the class), ``target`` the target's spec section (model, layers, mask
+token, template) plus the sizes the draft was built for.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -55,6 +62,47 @@ class RunDir:
 
     def has_run(self) -> bool:
         return self.spec_path.is_file()
+
+
+CONFIG_FORMAT = 2  # 1: config.json informational, the draft rebuilt from a draft.toml beside it
+
+
+def checkpoint_config(spec: Any, draft: Any, target_path: str) -> dict[str, Any]:
+    """``config.json`` of a checkpoint of ``draft`` (a DraftModel) trained under ``spec`` (a RunSpec)."""
+    from deepspec_core import __version__
+
+    return {
+        "architectures": [type(draft).__name__],
+        "model_type": f"deepspec_{spec.draft.algo}",
+        "deepspec_config_format": CONFIG_FORMAT,
+        "deepspec_version": __version__,
+        "draft": spec.draft.model_dump(mode="json", exclude_none=True),
+        "target": spec.target.model_dump(mode="json", exclude_none=True),
+        "target_path": target_path,
+        "hidden_size": draft.hidden_size,
+        "vocab_size": draft.vocab_size,
+        "draft_vocab_size": draft.draft_vocab_size,
+        "trainable_parameters": draft.num_trainable_parameters(),
+    }
+
+
+def read_checkpoint_config(step_dir: Path) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint. Raises CheckpointError when it is missing, unreadable,
+    or of an older format."""
+    path = step_dir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {step_dir} has no config.json", "was it written by `deepspec train`?")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err})", "the checkpoint is damaged: use another step") from None
+    if config.get("deepspec_config_format") != CONFIG_FORMAT:
+        raise CheckpointError(
+            f"{path} is of checkpoint format {config.get('deepspec_config_format', 1)}; this deepspec reads "
+            f"format {CONFIG_FORMAT}",
+            "retrain with this deepspec version, or evaluate with the version that wrote it",
+        )
+    return config
 
 
 

@@ -13,12 +13,14 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from deepspec_core import paths
 from deepspec_core.errors import SpecError
+from deepspec_core.specbase import DraftSpecBase, Section, check_draft_length
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,8 +28,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+_Section = Section
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,72 +116,24 @@ class CacheSpec(_Section):
 
 
 # --------------------------------------------------------------------------------------------
-# drafts: a discriminated union on `algo`
+# drafts: each algorithm's spec lives in its own file (drafts/<algo>.py) and is found by `algo`
 # --------------------------------------------------------------------------------------------
 
-
-class _DraftCommon(_Section):
-    num_layers: int = Field(1, ge=1, description="Decoder layers of the draft.")
-    intermediate_size: int | None = Field(None, ge=1, description="MLP width of draft layers; default: the target's.")
-    draft_vocab_size: int | None = Field(
-        None,
-        ge=2,
-        description="Reduced draft vocabulary: a trainable head over the most frequent supervised tokens of the "
-        "training data (tokens outside it are never drafted); default: the target's full vocabulary and frozen lm_head.",
-    )
-    init_std: float = Field(
-        0.02,
-        ge=0.0,
-        description="Every trainable Linear and Embedding starts N(0, init_std), as HF post_init in the reference "
-        "(a reduced head starts from the target's rows); 0 keeps each module's own initialisation.",
-    )
+DEFAULT_ALGO = "dspark"
 
 
-class Eagle3Spec(_DraftCommon):
-    algo: Literal["eagle3"] = Field("eagle3", description="Autoregressive drafter with training-time test.")
-    num_layers: int = Field(1, ge=1, description="Decoder layers of the draft.")
-    ttt_length: int = Field(7, ge=1, description="Training-time-test unroll steps (also the default chain length).")
-    step_decay: float = Field(0.8, gt=0.0, le=1.0, description="Loss weight of TTT step i is step_decay**i.")
-    # valid_rows by measurement (docs/algorithms.md, "Recipe choices measured"): higher held-out τ than
-    # the reference's normaliser on the tiny target (+4.1%, 2 seeds) and on SmolLM2 (+1.1%) at equal budgets.
-    loss_convention: Literal["reference", "valid_rows"] = Field(
-        "valid_rows",
-        description="TTT loss masking and normalisation. 'reference' (DeepSpec/SpecForge): step i at position t counts "
-        "where loss_mask[t+i] is set (the last token excluded), summed and divided by B·T. 'valid_rows': where every "
-        "predicted token up to step i is supervised, averaged over those rows.",
-    )
+def draft_spec_class(algo: str) -> type[DraftSpecBase]:
+    """The spec class of a registered draft algorithm (importing the drafts registers them)."""
+    from deepspec_core.drafts import DRAFTS
+
+    return DRAFTS.get(algo).spec_class
 
 
-class _BlockDraft(_DraftCommon):
-    num_layers: int = Field(5, ge=1, description="Decoder layers of the draft.")
-    block_size: int = Field(7, ge=1, description="Tokens per draft block (predictions per forward pass).")
-    num_anchors: int = Field(512, ge=1, description="Anchors sampled per training sequence.")
-    predict_from_anchor: bool = Field(
-        True,
-        description="DeepSpec variant: the anchor slot predicts the first token (block of γ gives γ predictions). "
-        "False: the original DFlash, anchor + γ masks where only the masks predict.",
-    )
-    loss_decay: float = Field(
-        4.0, gt=0.0, description="Position weights w_k = exp(-(k-1)/loss_decay) (the reference uses 4.0 with block 7)."
-    )
+def algorithms() -> list[str]:
+    """Registered draft algorithms in registration order (the order demos and tables use)."""
+    from deepspec_core.drafts import DRAFTS
 
-
-class DFlashSpec(_BlockDraft):
-    algo: Literal["dflash"] = Field("dflash", description="Parallel block drafter with target-context KV injection.")
-
-
-class DSparkSpec(_BlockDraft):
-    algo: Literal["dspark"] = Field("dspark", description="DFlash backbone with a sequential head and a confidence head.")
-    sequential_head: Literal["markov", "rnn", "none"] = Field("markov", description="Sequential head over the block.")
-    markov_rank: int = Field(256, ge=0, description="Rank r of the sequential head's token embedding (0 disables it).")
-    confidence_head: bool = Field(True, description="Train a per-slot acceptance-confidence head.")
-    ce_weight: float = Field(0.1, ge=0.0, description="Weight of the cross-entropy term.")
-    tv_weight: float = Field(0.9, ge=0.0, description="Weight of the total-variation term.")
-    bce_weight: float = Field(1.0, ge=0.0, description="Weight of the confidence BCE term.")
-
-
-DraftSpec = Annotated[Union[Eagle3Spec, DFlashSpec, DSparkSpec], Field(discriminator="algo")]
-ALGOS = ("eagle3", "dflash", "dspark")
+    return DRAFTS.registered()
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,10 +202,25 @@ class RunSpec(_Section):
     target: TargetSpec = Field(default_factory=TargetSpec, description="The frozen target model.")
     data: DataSpec = Field(default_factory=DataSpec, description="Training data.")
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Feature cache.")
-    draft: DraftSpec = Field(default_factory=DSparkSpec, description="The draft model; `algo` picks the algorithm.")
+    draft: SerializeAsAny[DraftSpecBase] = Field(
+        default_factory=lambda: draft_spec_class(DEFAULT_ALGO)(),
+        description="The draft model; `algo` picks the algorithm (its fields are documented in docs/algorithms.md).",
+    )
     train: TrainSpec = Field(default_factory=TrainSpec, description="Optimisation.")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation protocol.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where runs are written.")
+
+    @field_validator("draft", mode="before")
+    @classmethod
+    def _draft_of_its_algo(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        algo = value.get("algo", DEFAULT_ALGO)
+        from deepspec_core.drafts import DRAFTS
+
+        if algo not in DRAFTS:
+            raise PydanticCustomError("unknown_algo", "unknown algo '{algo}'", {"algo": algo})
+        return draft_spec_class(algo).model_validate({**value, "algo": algo})
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunSpec:
@@ -261,6 +229,8 @@ class RunSpec(_Section):
                 f"train.global_batch_size ({self.train.global_batch_size}) must be a multiple of "
                 f"train.micro_batch_size ({self.train.micro_batch_size})"
             )
+        if self.eval.num_draft_tokens is not None:
+            check_draft_length(self.eval.num_draft_tokens, self.draft.max_k(), self.draft.algo)
         return self
 
     # -- resolved paths -----------------------------------------------------------------------
@@ -276,12 +246,8 @@ class RunSpec(_Section):
         return self.output_root() / self.project / "features"
 
     def num_draft_tokens(self) -> int:
-        """Chain length at decode time: eval.num_draft_tokens, else block size / TTT length."""
-        if self.eval.num_draft_tokens:
-            return self.eval.num_draft_tokens
-        if isinstance(self.draft, Eagle3Spec):
-            return self.draft.ttt_length
-        return self.draft.block_size
+        """Chain length at decode time: eval.num_draft_tokens, else the draft's default."""
+        return self.eval.num_draft_tokens or self.draft.default_k()
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,37 +328,39 @@ def check_against_target(spec: RunSpec, target_config: Any) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _format_validation_error(err: ValidationError, source: str) -> SpecError:
+def _format_validation_error(err: ValidationError, source: str, data: dict[str, Any]) -> SpecError:
     first = err.errors()[0]
-    loc = [str(p) for p in first["loc"] if not (isinstance(p, str) and p in ALGOS)]
-    # Pydantic puts the union tag in the location of draft errors; it is noise for a user.
+    loc = [str(p) for p in first["loc"]]
     field = ".".join(loc) or "(spec)"
     msg = first["msg"]
     hint = None
     if first["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1], first.get("input"))
+        parent = _model_at(loc[:-1], data)
         known = list(parent.model_fields) if parent else []
         close = difflib.get_close_matches(loc[-1], known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else (f"known fields: {', '.join(known)}" if known else None)
         msg = "unknown field"
-    elif first["type"] == "union_tag_invalid":
-        msg = f"unknown algo {first['input'].get('algo')!r}" if isinstance(first.get("input"), dict) else msg
-        hint = f"choose one of: {', '.join(ALGOS)}"
+    elif first["type"] == "unknown_algo":
+        field = "draft.algo"
+        hint = f"choose one of: {', '.join(algorithms())}"
     elif "input" in first and not isinstance(first["input"], (dict, list)):
         msg = f"{msg} (got {first['input']!r})"
     extra = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
     return SpecError(f"{source}: {field}: {msg}{extra}", hint)
 
 
-def _model_at(loc: list[str], _input: Any) -> type[BaseModel] | None:
+def _model_at(loc: list[str], data: Any) -> type[BaseModel] | None:
+    """The section model at ``loc`` (the draft's class is read from the data's ``algo``)."""
     model: type[BaseModel] = RunSpec
     for part in loc:
         field = model.model_fields.get(part)
         if field is None:
             return None
-        ann = field.annotation
+        data = data.get(part, {}) if isinstance(data, dict) else {}
         if part == "draft":
-            return None  # the union member is not known from the location alone
+            model = draft_spec_class(data.get("algo", DEFAULT_ALGO))
+            continue
+        ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         else:
@@ -442,7 +410,9 @@ def spec_from_dict(data: dict[str, Any], source: str = "spec") -> RunSpec:
     try:
         return RunSpec.model_validate(data)
     except ValidationError as err:
-        raise _format_validation_error(err, source) from err
+        raise _format_validation_error(err, source, data) from err
+    except SpecError as err:  # a cross-check that raised its own message
+        raise SpecError(f"{source}: {err.message}", err.hint) from None
 
 
 def load_spec(path_or_preset: str | Path, overrides: list[str] | None = None) -> RunSpec:
@@ -460,7 +430,7 @@ def load_spec(path_or_preset: str | Path, overrides: list[str] | None = None) ->
             raise SpecError(f"{name} is not valid TOML: {err}") from err
         source = name
     else:
-        data = presets.get(name).model_dump(mode="json", exclude_none=True)
+        data = presets.data(name)
         source = f"preset {name}"
     data = apply_overrides(data, overrides or [])
     return spec_from_dict(data, source if not overrides else f"{source} with --set")

@@ -15,6 +15,8 @@ from deepspec_core.cache.reader import FeatureCache
 from deepspec_core.spec import load_spec
 from deepspec_core.targets.hf import load_target, tokenizer_hash
 
+pytestmark = pytest.mark.integration
+
 runner = CliRunner()
 
 ANSWERS = [

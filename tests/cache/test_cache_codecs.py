@@ -8,6 +8,8 @@ import torch
 from deepspec_core.cache.codecs import CODECS, GroupIntZstd, ScaledFP8Zstd, get_codec
 from deepspec_core.errors import CacheError
 
+pytestmark = pytest.mark.unit
+
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())

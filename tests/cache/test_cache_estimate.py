@@ -7,6 +7,8 @@ import pytest
 from deepspec_core.cache.estimate import estimate_bytes, make_estimate
 from deepspec_core.cache.format import raw_bf16_bytes_per_token
 
+pytestmark = pytest.mark.unit
+
 QWEN3_4B = dict(hidden_size=2560, num_layers=5)
 RECIPE_TOKENS = 1.24e9
 

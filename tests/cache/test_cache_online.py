@@ -9,6 +9,8 @@ from cache_helpers import LAYER_IDS, MIN_LOSS, make_model, make_samples, write
 from deepspec_core.cache.online import OnlineFeatures
 from deepspec_core.cache.reader import FeatureCache
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def model():

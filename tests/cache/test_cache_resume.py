@@ -10,11 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from cache_helpers import write
 
 from deepspec_core.cache import format as fmt
 from deepspec_core.cache.reader import FeatureCache
+
+pytestmark = pytest.mark.integration
 
 WORKER = Path(__file__).with_name("cache_resume_worker.py")
 N = 40

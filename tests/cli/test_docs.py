@@ -2,7 +2,11 @@
 
 from pathlib import Path
 
+import pytest
+
 from deepspec_cli.docgen import render_cli_reference
+
+pytestmark = pytest.mark.unit
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 

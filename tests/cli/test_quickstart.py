@@ -11,6 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "quickstart.md"
 
 

@@ -6,10 +6,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from deepspec_cli.main import app
 from deepspec_core.spec import load_spec
+
+pytestmark = pytest.mark.integration
 
 runner = CliRunner()
 

@@ -5,6 +5,8 @@ import pytest
 from deepspec_core.data.conversations import BadRow, content_hash, normalize_row, read_conversations
 from deepspec_core.errors import DataError
 
+pytestmark = pytest.mark.unit
+
 
 def test_sharegpt_roles_and_meta():
     row = {"id": 7, "source": "math", "score": 0.5, "tags": ["x"],

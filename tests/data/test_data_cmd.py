@@ -9,6 +9,8 @@ from deepspec_cli.main import app
 from deepspec_core.data.regen import resolve_settings
 from deepspec_core.errors import SpecError
 
+pytestmark = pytest.mark.integration
+
 CONV = {"id": "s1", "meta": {}, "messages": [
     {"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris is the capital."},
     {"role": "user", "content": "And 1 + 2?"}, {"role": "assistant", "content": "It is 3."}]}

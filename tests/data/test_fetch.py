@@ -8,6 +8,8 @@ from deepspec_core.data.conversations import read_conversations
 from deepspec_core.data.fetch import fetch, heldout_path
 from deepspec_core.errors import DataError
 
+pytestmark = pytest.mark.unit
+
 
 def _sharegpt(i: int, turns: int = 1) -> dict:
     conv = [{"from": "system", "value": "You are terse."}] if i % 3 == 0 else []

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from deepspec_core.data.tokenize import tokenize_conversation
 
+pytestmark = pytest.mark.integration
+
 PIECES = [
     "assistant", "user", "system", "model", "<think>", "</think>", "Paris", "The answer is 15.", "def f(x):",
     "    return x", " ", "  ", "\n", "\n\n", "\t", "é", "漢字", "🙂", "∑", "0", "42", ".", ",", "(", ")", "'", '"',

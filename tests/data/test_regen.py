@@ -23,6 +23,8 @@ from deepspec_core.data.regen import (
 )
 from deepspec_core.errors import DataError
 
+pytestmark = pytest.mark.integration
+
 
 def write_convs(path: Path, n: int, turns: int = 2) -> list[str]:
     rows = []

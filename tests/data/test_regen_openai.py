@@ -13,6 +13,8 @@ from deepspec_core.data.openai_client import OpenAIBackend, normalize_url, parse
 from deepspec_core.data.regen import Sampling, errors_path, regenerate
 from deepspec_core.errors import ServerError
 
+pytestmark = pytest.mark.integration
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from servers.openai_server import OpenAIServer  # noqa: E402
 

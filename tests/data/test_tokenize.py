@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from deepspec_core.data.tokenize import (
     TokenizeStats,
     iter_tokenized,
@@ -7,6 +9,8 @@ from deepspec_core.data.tokenize import (
     split_thinking,
     tokenize_conversation,
 )
+
+pytestmark = pytest.mark.unit
 
 CONV = {
     "id": "c",
@@ -99,26 +103,6 @@ def test_split_thinking():
     assert split_thinking("<think>\nhmm\n</think>\n\nAnswer") == ("Answer", "hmm")
     assert split_thinking("<think>\n\n</think>\n\nAnswer") == ("Answer", None)
     assert split_thinking(" plain ") == ("plain", None)
-
-
-def test_tiny_target_template(tiny_target):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_target)
-    conv = {"id": "t", "messages": [
-        {"role": "user", "content": "Write a function that adds two numbers."},
-        {"role": "assistant", "content": "def add(a, b):\n    return a + b", "thinking": "easy"},
-        {"role": "user", "content": "Now subtract."},
-        {"role": "assistant", "content": "def sub(a, b):\n    return a - b", "thinking": "also easy"},
-    ]}
-    off = tokenize_conversation(tok, conv, max_length=4096, thinking=False)
-    assert supervised_runs(tok, off) == ["def add(a, b):\n    return a + b<|im_end|>", "def sub(a, b):\n    return a - b<|im_end|>"]
-    on = tokenize_conversation(tok, conv, max_length=4096, thinking=True)
-    assert supervised_runs(tok, on) == [
-        "def add(a, b):\n    return a + b<|im_end|>",
-        "<think>\nalso easy\n</think>\n\ndef sub(a, b):\n    return a - b<|im_end|>",
-    ]
-    assert off.coverage == on.coverage == 1.0
 
 
 def test_reported_mask_cases_supervise_exactly_the_answer(qwen_tok, chatml_tok, llama_tok):

@@ -13,6 +13,8 @@ from deepspec_core.drafts import Proposal
 
 
 class MixtureDraft:
+    algo = "mixture"
+
     def __init__(self, target, alpha: float, noise: torch.Tensor, layer_ids=(0,), seed: int = 0):
         self.target, self.alpha, self.noise = target, alpha, noise  # noise (V,) sums to 1
         self.layer_ids = list(layer_ids)
@@ -59,6 +61,8 @@ class MixtureDraft:
 
 
 class FixedDraft:
+    algo = "fixed"
+
     """Drafts every token from one fixed distribution r (V,): free to run, q known exactly."""
 
     def __init__(self, r: torch.Tensor, layer_ids=(0,)):

@@ -15,6 +15,8 @@ from deepspec_core.decode.policy import DraftLength
 from deepspec_core.decode.schedule import prefix_schedule
 from deepspec_core.decode.speculative import speculative_generate, target_generate
 
+pytestmark = pytest.mark.unit
+
 confs = st.lists(st.floats(0.01, 0.99), min_size=1, max_size=7)
 SPS = (10.0, 9.5, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0)
 

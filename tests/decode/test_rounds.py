@@ -12,16 +12,26 @@ from deepspec_core.decode.rounds import RoundOutcome
 from deepspec_core.decode.speculative import speculative_generate, target_generate
 from deepspec_core.eval import metrics as mt
 
+pytestmark = pytest.mark.integration
+
 
 def _oracle(model):
     return MixtureDraft(model, 1.0, torch.full((V,), 1.0 / V))
 
 
-def _check_invariant(gen, k: int) -> None:
+def _check_invariant(gen, k: int, max_new: int, eos: list[int]) -> None:
+    """Every round but the last commits its accepted drafts plus one token, all k positions judged;
+    the last one too, unless the output ended inside it (an accepted EOS, or max_new_tokens), where
+    it commits only the drafts it kept and judged only those."""
     assert sum(gen.accept_lengths) + 1 == len(gen.tokens)
-    for o in gen.outcomes:
-        assert 1 <= o.committed <= k + 1 and 0 <= o.accepted <= o.judged <= k
-        assert o.committed in (o.accepted, o.accepted + 1)
+    for o in gen.outcomes[:-1]:
+        assert (o.committed, o.judged, o.drafted) == (o.accepted + 1, k, k), o
+    if gen.outcomes:
+        last = gen.outcomes[-1]
+        assert last in (RoundOutcome(last.accepted + 1, last.accepted, k, k),
+                        RoundOutcome(last.accepted, last.accepted, last.accepted, k)), last
+    # Decoding stops exactly when the output is over: at the first EOS or at max_new_tokens.
+    assert not set(gen.tokens[:-1]) & set(eos) and (len(gen.tokens) == max_new or gen.tokens[-1] in eos)
 
 
 @pytest.mark.parametrize(("max_new", "want_lengths"), [(9, [8]), (10, [8, 1]), (17, [8, 8]), (3, [2])])
@@ -70,7 +80,7 @@ def test_committed_tokens_add_up_for_every_draft(draft_kind, temperature):
             if draft_kind == "random" and temperature == 0.0:
                 continue  # FixedDraft samples; greedy needs a deterministic draft
             got = speculative_generate(model, draft, ids, k, max_new, temperature, g, eos)
-            _check_invariant(got, k)
+            _check_invariant(got, k, max_new, eos)
             assert len(got.tokens) <= max_new
             if temperature == 0.0:
                 assert got.tokens == target_generate(model, ids, max_new, eos_token_ids=eos).tokens

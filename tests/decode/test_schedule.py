@@ -14,6 +14,8 @@ from deepspec_core.decode.schedule import (
     scale,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def _rounds(n: int, k: int, seed: int = 0):
     """True per-slot acceptance probabilities, rounds accepted sequentially, and an overconfident head."""

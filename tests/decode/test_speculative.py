@@ -3,8 +3,6 @@ and at temperature 1 the generated tokens follow the target distribution (a brok
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from spec_doubles import FixedDraft, MixtureDraft, chi_square_pvalue
@@ -17,10 +15,13 @@ from deepspec_core.decode.speculative import (
     target_generate,
     verify,
 )
-from deepspec_core.spec import RunSpec
+from deepspec_core.drafts import DRAFTS
+from deepspec_core.spec import RunSpec, algorithms
+
+pytestmark = pytest.mark.integration
 
 V = 48
-ALGOS = ["eagle3", "dflash", "dspark"]
+ALGOS = algorithms()
 
 
 def _target(vocab: int = V, sharpen: float = 1.0, seed: int = 0) -> Qwen3ForCausalLM:
@@ -44,12 +45,6 @@ def _target(vocab: int = V, sharpen: float = 1.0, seed: int = 0) -> Qwen3ForCaus
 
 
 def _draft(algo: str, model: Qwen3ForCausalLM, seed: int = 0, **draft_kw):
-    try:
-        importlib.import_module(f"deepspec_core.drafts.{algo}")
-    except ImportError:
-        pytest.skip(f"draft algorithm {algo} is not available yet")
-    from deepspec_core.drafts import DRAFTS
-
     draft = {"algo": algo, "num_layers": 1, **draft_kw}
     if algo != "eagle3":
         draft["block_size"] = 4
@@ -210,16 +205,38 @@ def test_the_distribution_check_catches_a_broken_rule(sharp_target, exact, broke
     assert _worst_pvalue(_spec_samples(sharp_target, exact, 0.0, broken), exact) < 1e-6
 
 
+def _recording(rounds: list):
+    """``verify``, recording each round's proposal and verdict."""
+
+    def verify_fn(prop, logits, temperature, generator):
+        verdict = verify(prop, logits, temperature, generator)
+        rounds.append((prop, verdict))
+        return verdict
+
+    return verify_fn
+
+
 @pytest.mark.parametrize("algo", ALGOS)
 def test_sampling_runs_with_each_algorithm(algo):
-    """Real drafts at T = 1 (their exact q drives the rule); seeds reproduce the output."""
+    """Real drafts at T = 1: the rule gets each proposal's exact q (the distribution its tokens were
+    drawn from), the output is exactly what the verdicts commit, and a seed reproduces it."""
     model = _target(sharpen=3.0)
     draft = _draft(algo, model)
     ids = _prompts(1)[0]
-    a = speculative_generate(model, draft, ids, 3, 16, 1.0, torch.Generator().manual_seed(5))
+    rounds: list = []
+    a = speculative_generate(model, draft, ids, 3, 16, 1.0, torch.Generator().manual_seed(5),
+                             verify_fn=_recording(rounds))
     b = speculative_generate(model, draft, ids, 3, 16, 1.0, torch.Generator().manual_seed(5))
-    assert a.tokens == b.tokens and len(a.tokens) == 16
-    assert sum(a.accept_lengths) == 15 and a.outcomes == b.outcomes
+    assert a.tokens == b.tokens and a.outcomes == b.outcomes and len(a.tokens) == 16
+    # The token after the prefill is the target's own draw, as target-only sampling draws it.
+    assert a.tokens[0] == target_generate(model, ids, 1, 1.0, torch.Generator().manual_seed(5)).tokens[0]
+    replay = a.tokens[:1]
+    for prop, verdict in rounds:
+        assert prop.dists.shape == (1, 3, V) and torch.allclose(prop.dists.sum(-1), torch.ones(1, 3))
+        assert torch.allclose(prop.probs, prop.dists.gather(-1, prop.tokens[..., None])[..., 0])
+        n = int(verdict.num_accepted[0])
+        replay += prop.tokens[0, :n].tolist() + [int(verdict.next_token[0])]
+    assert len(rounds) == a.rounds and replay[:16] == a.tokens
 
 
 def test_dspark_confidences_are_recorded_per_round_for_calibration():
@@ -227,8 +244,15 @@ def test_dspark_confidences_are_recorded_per_round_for_calibration():
 
     model = _target(sharpen=3.0)
     draft = _draft("dspark", model)
-    gens = [speculative_generate(model, draft, ids, 3, 12) for ids in _prompts(3)]
-    assert all(len(g.confidences) == g.rounds and all(len(c) == 3 for c in g.confidences) for g in gens)
+    gens, proposed = [], []
+    for ids in _prompts(3):
+        rounds: list = []
+        gens.append(speculative_generate(model, draft, ids, 3, 12, verify_fn=_recording(rounds)))
+        proposed.append([prop.confidences[0].tolist() for prop, _ in rounds])
+    # Each round records the confidences its proposal carried, one per drafted slot.
+    assert [g.confidences for g in gens] == proposed and all(len(c) == 3 for p in proposed for c in p)
     conf, accepted = calibration_rounds(gens)
-    assert conf.shape == (sum(g.rounds for g in gens), 3) and ((conf >= 0) & (conf <= 1)).all()
+    assert conf.shape == (sum(g.rounds for g in gens), 3)  # no round here was cut short
+    assert torch.equal(conf, torch.tensor([c for p in proposed for c in p], dtype=torch.float64))
+    assert accepted.tolist() == [o.accepted for g in gens for o in g.outcomes]
     assert len(fit_sts(conf, accepted)) == 3

@@ -16,6 +16,8 @@ from deepspec_core.decode.speculative import (
     target_probs,
 )
 
+pytestmark = pytest.mark.unit
+
 V, K, N = 12, 3, 200_000
 
 

@@ -46,3 +46,38 @@ def make_batch(lengths=(24, 17), seed: int = 0, peaked: bool = True):
         samples.append(dict(input_ids=ids, loss_mask=loss_mask, aux_hidden=torch.randn(n, 2, HIDDEN, generator=g),
                             final_hidden=final))
     return collate_samples(samples)
+
+
+def reference_rows(draft, batch, anchors=None, keep=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(correct, accept, valid), each (rows, k), recomputed from the teacher-forced logits.
+
+    Eagle3 (``anchors`` None): row (b, t), step i predicts x_{t+2+i} against the target at t+1+i.
+    Block drafts: row (b, anchor a), slot j predicts x_{a+1+j} against the target at a+j. A
+    prediction is valid when it and every one before it in its row are supervised (inside the
+    sequence, loss_mask set, the block kept). correct: draft argmax == target argmax; accept: 1 − TV.
+    """
+    ids, lm, lengths = batch.input_ids, batch.loss_mask, batch.attention_mask.sum(-1)
+    b, t = ids.shape
+    p_all = torch.softmax(batch.final_hidden @ draft.target_head.weight.T, -1)  # (B, T, V)
+    if anchors is None:
+        q = torch.softmax(draft.teacher_forced_logits(batch), -1)  # (B, T, S, V)
+        k = q.shape[2]
+        label = torch.arange(t)[:, None] + 2 + torch.arange(k)  # (T, S)
+        src = (label - 1).clamp(max=t - 1)
+        p = p_all[:, src]  # (B, T, S, V)
+        label = label.expand(b, t, k)
+        keep = torch.ones(b, t, dtype=torch.bool)
+    else:
+        with torch.no_grad():
+            q = torch.softmax(draft.block_logits(batch, anchors), -1)  # (B, N, γ, V)
+        k = q.shape[2]
+        label = anchors[..., None] + 1 + torch.arange(k)  # (B, N, γ)
+        src = (label - 1).clamp(max=t - 1)
+        p = torch.stack([p_all[i, src[i]] for i in range(b)])
+        keep = torch.ones_like(anchors, dtype=torch.bool) if keep is None else keep
+    inside = label < lengths.view(b, *[1] * (label.dim() - 1))
+    sup = inside & lm.gather(1, label.clamp(max=t - 1).reshape(b, -1)).view_as(label) & keep[..., None]
+    valid = torch.cumprod(sup.long(), -1).bool()
+    correct = (q.argmax(-1) == p.argmax(-1)).float() * valid
+    accept = (1 - 0.5 * (q - p).abs().sum(-1)) * valid
+    return correct.reshape(-1, k), accept.reshape(-1, k), valid.reshape(-1, k)

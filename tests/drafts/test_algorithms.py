@@ -2,9 +2,13 @@
 
 import pytest
 import torch
-from draft_helpers import VOCAB, make_batch, make_draft
+from draft_helpers import VOCAB, make_batch, make_draft, reference_rows
 
-ALGOS = ["eagle3", "dflash", "dspark"]
+from deepspec_core.spec import algorithms
+
+pytestmark = pytest.mark.unit
+
+ALGOS = algorithms()
 
 
 def _train(draft, batch, steps, lr=1e-2, **fw):
@@ -21,16 +25,28 @@ def _train(draft, batch, steps, lr=1e-2, **fw):
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_forward_train_shapes_and_dtypes(algo):
+def test_forward_train_shapes_dtypes_and_metrics(algo):
+    """The metrics are those of the teacher-forced predictions, recomputed here row by row."""
+    from deepspec_core.drafts.base import block_metrics
+    from deepspec_core.drafts.dflash import sample_anchors
+
+    torch.manual_seed(0)
     d = make_draft(algo, block_size=4, num_anchors=6) if algo != "eagle3" else make_draft(algo, ttt_length=3)
-    out = d.forward_train(make_batch())
+    batch, fixed = make_batch(), {}
+    if algo != "eagle3":
+        anchors, keep = sample_anchors(batch.loss_mask, 6, torch.Generator().manual_seed(0))
+        fixed = dict(anchors=anchors, keep=keep)
+    _train(d, batch, steps=5, **fixed)  # partly trained: some predictions right, some wrong
+    out = d.forward_train(batch, **fixed)
     k = 3 if algo == "eagle3" else 4
     assert out.loss.shape == () and out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     m = out.metrics
     assert m["acc_per_pos"].shape == (k,) and m["accept_per_pos"].shape == (k,)
-    assert 1.0 <= m["tau_greedy"].item() <= k + 1 and 1.0 <= m["tau_expected"].item() <= k + 1
     assert all(not v.requires_grad for v in m.values())
-    assert ((m["accept_per_pos"] >= 0) & (m["accept_per_pos"] <= 1)).all()
+    want = block_metrics(*reference_rows(d, batch, fixed.get("anchors"), fixed.get("keep")))
+    for name in ("acc_per_pos", "accept_per_pos", "tau_greedy", "tau_expected", "rows", "tokens"):
+        assert torch.allclose(m[name], want[name], atol=1e-5), (name, m[name], want[name])
+    assert ((0 < m["acc_per_pos"]) & (m["acc_per_pos"] < 1)).all()  # neither all right nor all wrong
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -114,8 +130,13 @@ def test_propose_agrees_with_teacher_forced_training(algo, variant):
     assert torch.allclose(torch.softmax(logits[:k], -1), prop.dists[0], atol=1e-5)
     greedy = d.propose(batch.input_ids[:, n], k, temperature=0.0)
     assert greedy.dists is None and (greedy.probs == 1).all()
-    if algo == "dspark":
-        assert prop.confidences.shape == (1, k) and ((prop.confidences > 0) & (prop.confidences < 1)).all()
+    if algo == "dspark":  # the confidence head sees what it sees in training: slot states and previous tokens
+        with torch.no_grad():
+            hidden = d.block_hidden(tf, torch.tensor([[n]]))  # (1, 1, γ, H)
+            slots = (n + torch.arange(hidden.shape[2])).clamp(max=tf.input_ids.shape[1] - 1)
+            prev = tf.input_ids[:, slots][:, None]  # x_{a+k−1}: the anchor, then the drafted tokens
+            want = torch.sigmoid(d.confidence_logits(hidden, prev))[0, 0, :k]
+        assert prop.confidences.shape == (1, k) and torch.allclose(prop.confidences[0], want, atol=1e-5)
     if variant.get("draft_vocab_size"):
         assert d.t2d[prop.tokens].all() and (prop.dists[0][:, ~d.t2d] == 0).all()
 

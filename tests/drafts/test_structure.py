@@ -2,9 +2,11 @@
 
 import pytest
 import torch
-from draft_helpers import make_batch, make_draft
+from draft_helpers import make_batch, make_draft, reference_rows
 
 from deepspec_core.drafts.base import DraftBatch
+
+pytestmark = pytest.mark.unit
 
 
 def _perturb(batch: DraftBatch, feat_from: int, tok_from: int) -> DraftBatch:
@@ -98,8 +100,18 @@ def test_dspark_without_heads_equals_dflash():
 def test_dspark_loss_terms_and_weights():
     torch.manual_seed(0)
     d = make_draft("dspark", block_size=4, num_anchors=8)
-    out = d.forward_train(make_batch(), anchors=torch.tensor([[6, 8, 10], [5, 7, 9]]))
+    batch, anchors = make_batch(), torch.tensor([[6, 8, 10], [5, 7, 9]])
+    out = d.forward_train(batch, anchors=anchors)
     m = out.metrics
     expected = 0.1 * m["ce"] + 0.9 * m["l1"] + 1.0 * m["bce"]
     assert torch.allclose(out.loss.detach(), expected, atol=1e-5)
-    assert 0 <= m["conf_abs_error"] <= 1
+    # The confidence error: σ(confidence logit) against the slot's expected acceptance 1 − TV,
+    # over the supervised slots, recomputed from the teacher-forced block.
+    _, accept, valid = reference_rows(d, batch, anchors)
+    with torch.no_grad():
+        hidden = d.block_hidden(batch, anchors)  # (B, N, γ, H)
+        slots = (anchors[..., None] + torch.arange(4)).clamp(max=batch.input_ids.shape[1] - 1)
+        prev = batch.input_ids.gather(1, slots.view(2, -1)).view_as(slots)  # x_{a+k−1}
+        err = (torch.sigmoid(d.confidence_logits(hidden, prev)).reshape(-1, 4) - accept)[valid]
+    assert torch.allclose(m["conf_abs_error"], err.abs().mean(), atol=1e-5)
+    assert torch.allclose(m["conf_bias"], err.mean(), atol=1e-5)

@@ -11,6 +11,8 @@ import pytest
 from deepspec_core.errors import DataError, SpecError
 from deepspec_core.eval import benchmarks as bm
 
+pytestmark = pytest.mark.unit
+
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "eval_prompts"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared eval prompt files are not present")
 
@@ -130,7 +132,10 @@ def test_a_missing_file_falls_back_to_the_hub(tmp_path, monkeypatch):
     got = bm.load_benchmark("aime24", tmp_path, limit=5)
     assert calls == ["aime24"] and len(got) == 5 and got.total == 40
     assert got.source == "hub:HuggingFaceH4/aime_2024:train"
-    assert json.dumps(got.turns)  # plain data
+    order = list(range(40))
+    random.Random(980406).shuffle(order)  # aime24 takes 30 of the 40 rows as the reference draws them
+    assert got.turns == [[f"q{i}"] for i in order[:5]]
+    assert json.loads(json.dumps(got.turns)) == got.turns  # plain lists of strings
 
 
 def test_packaged_prompts_cover_the_offline_benchmarks():

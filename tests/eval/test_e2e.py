@@ -9,8 +9,11 @@ import time
 import pytest
 
 from deepspec_core.eval.metrics import EvalResults
+from deepspec_core.spec import algorithms
 
-ALGOS = ("eagle3", "dflash", "dspark")
+pytestmark = pytest.mark.e2e
+
+ALGOS = algorithms()
 K = 4  # the tiny presets' TTT length / block size
 TRAIN_STEPS = 40
 

@@ -9,6 +9,8 @@ from pydantic import ValidationError
 from deepspec_core.decode.rounds import RoundOutcome
 from deepspec_core.eval import metrics as mt
 
+pytestmark = pytest.mark.unit
+
 
 def full_rounds(lengths: list[int], k: int) -> list[RoundOutcome]:
     """Rounds that nothing cut: L tokens = L − 1 accepted drafts + 1, every position judged."""
@@ -83,5 +85,5 @@ def test_every_protocol_field_but_the_informational_ones_must_match_to_compare()
     for must in ("target", "temperature", "max_new_tokens", "thinking", "chat_template_hash", "all_turns",
                  "subset_seed", "num_draft_tokens", "bonus_token_in_tau", "chain_drafting", "dtype"):
         assert must in fields
-    for free in ("draft", "algorithm", "seed", "deepspec_version", "device", "block_size", "benchmarks"):
+    for free in ("draft", "algorithm", "seed", "deepspec_version", "device", "draft_params", "benchmarks"):
         assert free not in fields

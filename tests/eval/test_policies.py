@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_runner import _run_dir
 from typer.testing import CliRunner
 
 from deepspec_cli.main import app
+
+pytestmark = pytest.mark.integration
 
 runner = CliRunner()
 

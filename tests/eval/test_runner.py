@@ -12,27 +12,31 @@ from typer.testing import CliRunner
 from deepspec_cli.main import app
 from deepspec_core.decode.speculative import target_generate
 from deepspec_core.distributed import free_port
+from deepspec_core.drafts import DRAFTS
 from deepspec_core.errors import CheckpointError
 from deepspec_core.eval.loading import load_draft, resolve_checkpoint
 from deepspec_core.eval.metrics import EvalResults
 from deepspec_core.eval.runner import evaluate
-from deepspec_core.spec import RunSpec, save_spec
+from deepspec_core.spec import RunSpec, algorithms, save_spec
+
+pytestmark = pytest.mark.integration
 
 
 def _run_dir(tmp_path, tiny_target, algo: str):
     from deepspec_core.drafts import build_draft
-    from deepspec_core.runs import RunDir
+    from deepspec_core.runs import RunDir, checkpoint_config
     from deepspec_core.targets.hf import load_target
     from deepspec_core.train.checkpoint import TrainState, save_checkpoint
 
-    draft = {"algo": algo, "num_layers": 1, **({"ttt_length": 3} if algo == "eagle3" else {"block_size": 3})}
+    draft = DRAFTS.get(algo).spec_class.preset("tiny").model_dump()
     spec = RunSpec.model_validate(
         {
             "name": f"eval-{algo}",
             "target": {"model": str(tiny_target), "layer_ids": [0, 1, 2], "mask_token_id": 5},
             "draft": draft,
             "output": {"root": str(tmp_path)},
-            "eval": {"benchmarks": ["humaneval", "mt-bench"], "temperature": 0.0, "max_new_tokens": 10},
+            "eval": {"benchmarks": ["humaneval", "mt-bench"], "temperature": 0.0, "max_new_tokens": 10,
+                     "num_draft_tokens": 3},
         }
     )
     t = load_target(str(tiny_target))
@@ -42,12 +46,13 @@ def _run_dir(tmp_path, tiny_target, algo: str):
     run.path.mkdir(parents=True)
     save_spec(spec, run.spec_path)
     save_checkpoint(
-        run, TrainState(step=2), d.trainable_state_dict(), {"algo": algo}, spec, None, [], keep_last=2
+        run, TrainState(step=2), d.trainable_state_dict(), checkpoint_config(spec, d, str(tiny_target)), None, [],
+        keep_last=2
     )
     return run.path
 
 
-@pytest.mark.parametrize("algo", ["eagle3", "dflash", "dspark"])
+@pytest.mark.parametrize("algo", algorithms())
 def test_evaluate_writes_valid_results_and_auditable_outputs(tmp_path, tiny_target, algo):
     run = _run_dir(tmp_path, tiny_target, algo)
     res = evaluate(run, limit=2, data_dir="packaged", speed=True, save_outputs=True, progress=False)

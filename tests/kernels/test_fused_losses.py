@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from deepspec_core import losses as eager
 
+pytestmark = pytest.mark.unit
+
 V = 1500  # > one 1024-column block: the streaming loop and its tail mask are exercised
 
 

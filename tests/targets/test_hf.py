@@ -9,6 +9,8 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, Qwen3Confi
 from deepspec_core.errors import TargetError
 from deepspec_core.targets.hf import capture_features, get_lm_head, load_target, num_hidden_layers
 
+pytestmark = pytest.mark.unit
+
 
 def _qwen3():
     cfg = Qwen3Config(
@@ -97,7 +99,7 @@ def test_load_from_local_directory(tmp_path):
     PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="t1").save_pretrained(tmp_path)
     target = load_target(str(tmp_path), dtype="float32", device="cpu")
     assert not any(p.requires_grad for p in target.model.parameters())
-    assert target.tokenizer.pad_token_id is not None
+    assert target.tokenizer.pad_token_id == target.tokenizer.eos_token_id == 1  # no pad token: EOS pads ("t1")
     ids = torch.tensor([[3, 4, 5]])
     torch.testing.assert_close(target.model(ids).logits, net(ids).logits)
 

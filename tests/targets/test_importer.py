@@ -11,6 +11,8 @@ import torch
 from deepspec_core.errors import TargetError
 from deepspec_core.targets.importer import import_target
 
+pytestmark = pytest.mark.integration
+
 gguf = pytest.importorskip("gguf")
 
 TEMPLATE = (

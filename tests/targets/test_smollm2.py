@@ -20,6 +20,8 @@ from deepspec_core.eval.loading import eos_token_ids, load_draft
 from deepspec_core.spec import load_spec
 from deepspec_core.targets.hf import load_target
 
+pytestmark = pytest.mark.integration
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "smollm2"
 PROMPTS = [
     "Tom has 12 apples and gives away 5. Then he buys 3 bags of 4 apples. How many apples does he have?",

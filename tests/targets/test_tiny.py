@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from itertools import groupby
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from deepspec_cli.main import app
 from deepspec_core.errors import TargetError
 from deepspec_core.targets import tiny
 from deepspec_core.targets import tiny_data as td
+
+pytestmark = pytest.mark.integration
 
 CONV = [
     {"role": "system", "content": "Be brief."},
@@ -30,7 +33,7 @@ def tok(tiny_target):
     return AutoTokenizer.from_pretrained(tiny_target)
 
 
-def test_loads_and_generates_in_a_fresh_process(tiny_target):
+def test_loads_and_generates_in_a_fresh_process(tiny_target, tok):
     # A separate interpreter proves the directory alone is enough (no state from this process).
     code = """
 import json, sys
@@ -45,7 +48,7 @@ new = out[0, enc["input_ids"].shape[1]:]
 print(json.dumps({"arch": model.config.architectures, "layers": model.config.num_hidden_layers,
     "eos": model.generation_config.eos_token_id, "pad": model.generation_config.pad_token_id,
     "im_end": tok.convert_tokens_to_ids("<|im_end|>"), "eot": tok.convert_tokens_to_ids("<|endoftext|>"),
-    "n_new": len(new), "text": tok.decode(new, skip_special_tokens=True)}))
+    "prompt": enc["input_ids"][0].tolist(), "new": new.tolist(), "text": tok.decode(new, skip_special_tokens=True)}))
 """
     res = subprocess.run(
         [sys.executable, "-c", code, str(tiny_target)], capture_output=True, text=True, timeout=300
@@ -54,7 +57,15 @@ print(json.dumps({"arch": model.config.architectures, "layers": model.config.num
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["arch"] == ["Qwen3ForCausalLM"] and got["layers"] == 4
     assert got["eos"] == got["im_end"] and got["pad"] == got["eot"]
-    assert got["n_new"] > 0 and got["text"].strip()
+    # The same greedy continuation as deepspec's own decoder (what eval and regen rest on).
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from deepspec_core.decode.speculative import target_generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_target).eval()
+    want = target_generate(model, torch.tensor([got["prompt"]]), 24, eos_token_ids=[got["im_end"]]).tokens
+    assert got["new"] == want and got["text"] == tok.decode(want, skip_special_tokens=True)
 
 
 def test_special_tokens(tok):
@@ -106,6 +117,35 @@ def test_earlier_assistant_turns_drop_thinking(tok):
     ]
     text = tok.apply_chat_template(msgs, tokenize=False)
     assert "hidden" not in text and "<think>" not in text
+
+
+def test_the_loss_mask_supervises_exactly_the_answers_under_the_tiny_template(tok):
+    from deepspec_core.data.tokenize import tokenize_conversation
+
+    def supervised(sample) -> list[str]:  # decoded text of each maximal run of supervised tokens
+        pairs = zip(sample.input_ids, sample.loss_mask, strict=True)
+        return [tok.decode([t for t, _ in run]) for m, run in groupby(pairs, key=lambda p: bool(p[1])) if m]
+
+    conv = {"id": "t", "messages": [
+        {"role": "user", "content": "Write a function that adds two numbers."},
+        {"role": "assistant", "content": "def add(a, b):\n    return a + b", "thinking": "easy"},
+        {"role": "user", "content": "Now subtract."},
+        {"role": "assistant", "content": "def sub(a, b):\n    return a - b", "thinking": "also easy"},
+    ]}
+    off = tokenize_conversation(tok, conv, max_length=4096, thinking=False)
+    assert supervised(off) == ["def add(a, b):\n    return a + b<|im_end|>", "def sub(a, b):\n    return a - b<|im_end|>"]
+    on = tokenize_conversation(tok, conv, max_length=4096, thinking=True)
+    assert supervised(on) == [
+        "def add(a, b):\n    return a + b<|im_end|>",
+        "<think>\nalso easy\n</think>\n\ndef sub(a, b):\n    return a - b<|im_end|>",
+    ]
+    assert off.coverage == on.coverage == 1.0
+
+
+def test_tiny_presets_use_the_tiny_tokenizers_mask_token(tok):
+    from deepspec_core.spec import load_spec
+
+    assert load_spec("tiny-dflash").target.mask_token_id == tok.convert_tokens_to_ids("<|mask|>")
 
 
 def test_info_file(tiny_target):

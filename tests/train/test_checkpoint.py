@@ -16,6 +16,8 @@ from deepspec_core.spec import load_spec
 from deepspec_core.train import checkpoint as ckpt
 from deepspec_core.train.metrics import truncate_metrics
 
+pytestmark = pytest.mark.unit
+
 
 def _spec(tmp_path, *sets):
     return load_spec("tiny-dflash", [f"output.root='{tmp_path}'", *sets])
@@ -24,7 +26,7 @@ def _spec(tmp_path, *sets):
 def _save(run, spec, step, keep=2):
     state = ckpt.TrainState(step=step, total_steps=100)
     w = {"fc.weight": torch.full((2, 3), float(step))}
-    return ckpt.save_checkpoint(run, state, w, {"algo": "dflash"}, spec, {"state": {}}, [ckpt.rng_state()], keep)
+    return ckpt.save_checkpoint(run, state, w, {"algo": "dflash"}, {"state": {}}, [ckpt.rng_state()], keep)
 
 
 def test_logging_fields_may_change_but_training_fields_may_not(tmp_path):
@@ -59,10 +61,9 @@ def test_save_layout_latest_and_retention(tmp_path):
     assert run.steps() == [4, 6]
     assert (run.path / "step_latest").is_symlink() and run.latest() == path
     names = sorted(p.name for p in path.iterdir())
-    assert names == ["config.json", "draft.toml", "model.safetensors", "training_state"]
+    assert names == ["config.json", "model.safetensors", "training_state"]
     ts = sorted(p.name for p in (path / "training_state").iterdir())
     assert ts == ["optimizer.pt", "rng_rank0.pt", "state.json"]
-    assert "block_size" in (path / "draft.toml").read_text() and "[train]" not in (path / "draft.toml").read_text()
     assert torch.equal(load_weights(path)["fc.weight"], torch.full((2, 3), 6.0))
     assert ckpt.load_train_state(path).step == 6
     assert not list(run.path.glob(".step_*"))  # no temporaries left

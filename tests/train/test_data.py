@@ -9,6 +9,8 @@ import torch
 from deepspec_core.errors import SpecError
 from deepspec_core.train.data import DataPlan, StepBatchSampler, epoch_permutation, holdout_sizes, val_batches
 
+pytestmark = pytest.mark.integration
+
 
 def test_permutation_is_deterministic_and_changes_with_epoch_and_seed():
     a = epoch_permutation(100, seed=3, epoch=0)

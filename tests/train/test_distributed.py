@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from deepspec_core.distributed import free_port
 from deepspec_core.spec import save_spec
 from deepspec_core.train.loop import Runtime, train
+
+pytestmark = pytest.mark.integration
 
 
 def _env() -> dict[str, str]:

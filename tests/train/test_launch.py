@@ -8,6 +8,8 @@ from deepspec_core.distributed import _first_slurm_host, detect_env
 from deepspec_core.errors import SpecError
 from deepspec_core.train.launch import launch_command
 
+pytestmark = pytest.mark.unit
+
 
 def test_single_process_by_default():
     env = detect_env({})

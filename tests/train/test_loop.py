@@ -12,6 +12,8 @@ from deepspec_core.errors import CheckpointError
 from deepspec_core.spec import Schedule, TrainSpec
 from deepspec_core.train.loop import Runtime, lr_at, train
 
+pytestmark = pytest.mark.integration
+
 
 def _quiet(messages=None):
     return Runtime(progress=False, say=(messages.append if messages is not None else lambda m: None))

@@ -35,6 +35,7 @@ from deepspec_core.data.conversations import require_eval_files
 from deepspec_core.data.tokenize import LOSS_MASK_VERSION, no_samples_error
 from deepspec_core.errors import CacheError, DataError
 from deepspec_core.io import atomic_path, atomic_write_json, sha256_file
+from deepspec_core.progress import Progress, Stage, as_progress
 from deepspec_core.spec import check_against_target
 
 Sample = Mapping[str, torch.Tensor]
@@ -88,14 +89,23 @@ class ShardPlan:
         return sum(s.tokens for s in self.shards)
 
 
-class Progress:
-    """Hooks for a progress display; the CLI renders them with rich. No-ops here."""
+@dataclass
+class _Tally:
+    """What the cache stage shows besides its token count: samples forwarded, and the MB/s of
+    shards written (what a disk or a codec limits)."""
 
-    def phase(self, text: str) -> None: ...
+    stage: Stage
+    t0: float = field(default_factory=time.monotonic)
+    samples: int = 0
+    bytes: int = 0
 
-    def start(self, total_samples: int, total_tokens: int) -> None: ...
+    def forwarded(self, samples: int, tokens: int) -> None:
+        self.samples += samples
+        self.stage.advance(tokens, samples=self.samples)
 
-    def advance(self, samples: int, tokens: int) -> None: ...
+    def wrote(self, nbytes: int) -> None:
+        self.bytes += nbytes
+        self.stage.advance(0, mb_s=self.bytes / 1e6 / max(time.monotonic() - self.t0, 1e-9))
 
 
 def shard_tokens_for(shard_size_mb: int, codec: Codec, num_layers: int, hidden: int) -> int:
@@ -201,7 +211,7 @@ def write_shard(
     features_fn: FeaturesFn,
     batch_size: int,
     pool: ThreadPoolExecutor,
-    progress: Progress,
+    tally: _Tally,
 ) -> dict[str, Any]:
     """Forward, encode and write shard ``j`` (records in sample order); return its metadata."""
     shard_dir = out_dir / fmt.SHARDS
@@ -215,7 +225,7 @@ def write_shard(
         feats = features_fn([samples[i] for i in idx])
         for i, f in zip(idx, feats, strict=True):
             futures[i] = pool.submit(_encode, codec, f)
-        progress.advance(len(idx), sum(int(samples[i]["input_ids"].shape[0]) for i in idx))
+        tally.forwarded(len(idx), sum(int(samples[i]["input_ids"].shape[0]) for i in idx))
     records, offset, h = [], 0, hashlib.sha256()
     shard_path = shard_dir / fmt.shard_name(j)
     with atomic_path(shard_path) as tmp:
@@ -238,6 +248,7 @@ def write_shard(
         "records": records,
     }
     atomic_write_json(shard_dir / fmt.shard_meta_name(j), meta)
+    tally.wrote(offset)
     return meta
 
 
@@ -274,10 +285,11 @@ def write_cache(
 ) -> dict[str, Any] | None:
     """Write (or resume) this rank's shards; on rank 0 then merge into index + manifest.
 
-    Returns the manifest on rank 0 (None elsewhere, or when ``finalize`` is False).
+    Returns the manifest on rank 0 (None elsewhere, or when ``finalize`` is False). ``progress``
+    gets the forward + encode stage, over tokens (:mod:`deepspec_core.progress`).
     """
     out_dir = Path(out_dir)
-    progress = progress or Progress()
+    progress = as_progress(progress)
     codec = get_codec(config.codec)
     plan_dict = config.plan_dict()
     if (out_dir / fmt.MANIFEST).is_file():
@@ -285,7 +297,7 @@ def write_cache(
         return fmt.read_manifest(out_dir) if rank == 0 else None
     _check_plan(out_dir, plan_dict, write=False)
 
-    progress.phase("tokenising")
+    progress.log("tokenising…")
     def keep(j: int) -> bool:  # only samples still to write are held in memory
         return j % world_size == rank and _read_meta(out_dir, j) is None
 
@@ -302,12 +314,14 @@ def write_cache(
                 "the input changed since it was written: delete the directory and rebuild",
             )
     todo = sorted(plan.kept)
-    progress.phase("writing")
-    progress.start(sum(spans[j].samples for j in todo), sum(spans[j].tokens for j in todo))
     workers = encode_workers or max(1, min(4, (os.cpu_count() or 2) - 1))
-    with ThreadPoolExecutor(workers) as pool:
+    with (
+        progress.stage("cache", total=sum(spans[j].tokens for j in todo), unit="tok") as stage,
+        ThreadPoolExecutor(workers) as pool,
+    ):
+        tally = _Tally(stage)
         for j in todo:
-            write_shard(out_dir, j, plan.kept.pop(j), codec, features_fn, batch_size, pool, progress)
+            write_shard(out_dir, j, plan.kept.pop(j), codec, features_fn, batch_size, pool, tally)
     plan.kept.clear()
     if rank != 0 or not finalize:
         _barrier(world_size)
@@ -391,7 +405,7 @@ def build_cache(
     from deepspec_core.data.tokenize import TokenizeStats
     from deepspec_core.targets import hf
 
-    progress = progress or Progress()
+    progress = as_progress(progress)
     files = list(files or spec.data.train)
     if not files:
         raise DataError("no training files", "set data.train in the spec or pass --in FILE")
@@ -403,7 +417,7 @@ def build_cache(
     rank, world = rank_and_world()
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     check_against_target(spec, hf.load_config(spec.target))  # before anything is loaded or written
-    progress.phase("loading target")
+    progress.log("loading target…")
     target = hf.load_target_from_spec(spec.target, device=device)
     hidden = int(hf.text_config(target.config).hidden_size)
     config = CacheConfig(

@@ -29,6 +29,8 @@ from torch import nn
 
 from deepspec_core.decode.policy import DraftLength
 from deepspec_core.decode.rounds import RoundOutcome
+from deepspec_core.drafts.base import Drafter
+from deepspec_core.specbase import check_draft_length
 from deepspec_core.targets.hf import capture_features, get_lm_head, text_config
 
 # -- verification rules (pure) -----------------------------------------------------------------
@@ -205,7 +207,7 @@ def target_generate(
 @torch.no_grad()
 def speculative_generate(
     model: nn.Module,
-    draft: Any,
+    draft: Drafter,
     input_ids: torch.Tensor,
     num_draft_tokens: int,
     max_new_tokens: int,
@@ -225,10 +227,7 @@ def speculative_generate(
     if input_ids.shape[0] != 1:
         raise ValueError("speculative_generate decodes one sequence at a time (batch size 1)")
     k = num_draft_tokens
-    if draft.max_proposal() is not None and k > draft.max_proposal():
-        raise ValueError(
-            f"num_draft_tokens {k} exceeds what the draft proposes per round ({draft.max_proposal()})"
-        )
+    check_draft_length(k, draft.max_proposal(), draft.algo, field="num_draft_tokens")
     eos = set(eos_token_ids)
     layer_ids = list(draft.layer_ids)
     cache = new_cache(model)

@@ -1,15 +1,17 @@
 """Draft models. ``build_draft(spec, target_config, embed, lm_head)`` picks the class by ``draft.algo``.
 
-Adding an algorithm: a module defining a DraftModel subclass registered with ``@DRAFTS.register``,
-and one import line below.
+Adding an algorithm: one module ``<algo>.py`` defining its spec (a DraftSpecBase subclass) and a
+DraftModel subclass registered with ``@DRAFTS.register``, and its name in the import line below
+(registration order is the order of demos and tables).
 """
 
-from . import dflash, dspark, eagle3  # noqa: E402,F401  (registration)
+from . import eagle3, dflash, dspark  # noqa: E402,F401,I001  (registration, in this order)
 from .base import (
     DRAFTS,
     DraftBatch,
     DraftLoss,
     DraftModel,
+    Drafter,
     Proposal,
     build_draft,
     collate_samples,
@@ -18,6 +20,6 @@ from .base import (
 )
 
 __all__ = [
-    "DRAFTS", "DraftBatch", "DraftLoss", "DraftModel", "Proposal", "build_draft", "collate_samples",
+    "DRAFTS", "DraftBatch", "DraftLoss", "DraftModel", "Drafter", "Proposal", "build_draft", "collate_samples",
     "frozen_weights_from_model", "load_frozen_weights",
 ]

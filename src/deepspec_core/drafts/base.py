@@ -27,13 +27,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
 from deepspec_core.errors import CheckpointError, DataError, TargetError
 from deepspec_core.registry import Registry
+from deepspec_core.specbase import DraftSpecBase
 
 from .layers import family_of, text_config
 
@@ -249,8 +250,29 @@ def load_frozen_weights(target_dir: str | Path, dtype: torch.dtype | None = None
 
 
 # ---------------------------------------------------------------------------------------------
-# the DraftModel base class
+# the decoding contract, and the DraftModel base class that implements it
 # ---------------------------------------------------------------------------------------------
+
+
+class Drafter(Protocol):
+    """What chain speculative decoding needs of a draft (the protocol in the module docstring).
+
+    :class:`DraftModel` implements it; decoding and evaluation are typed against this alone, so a
+    test double or another implementation plugs in unchanged.
+    """
+
+    algo: str
+    layer_ids: list[int]  # the target layers whose features ``start`` / ``commit`` receive
+
+    def start(self, input_ids: torch.Tensor, aux_hidden: torch.Tensor) -> None: ...
+
+    def propose(self, last_token: torch.Tensor, k: int, temperature: float = 0.0,
+                generator: torch.Generator | None = None, policy: Any = None) -> Proposal: ...
+
+    def commit(self, tokens: torch.Tensor, aux_hidden: torch.Tensor) -> None: ...
+
+    def max_proposal(self) -> int | None: ...
+
 
 FROZEN_PREFIXES = ("embed_tokens.", "target_head.")
 
@@ -264,6 +286,7 @@ class DraftModel(nn.Module):
     """
 
     algo: ClassVar[str] = ""
+    spec_class: ClassVar[type[DraftSpecBase]]
 
     def __init__(self, draft_spec, target_spec, target_config, embed_weight, lm_head_weight):
         super().__init__()
@@ -459,16 +482,25 @@ class DraftModel(nn.Module):
 
     def max_proposal(self) -> int | None:
         """Most tokens one ``propose`` can return (block drafters), None when unbounded (Eagle3)."""
-        return None
+        return self.spec.max_k()
 
 
-DRAFTS: Registry[type[DraftModel]] = Registry("draft algorithm")
+class DraftRegistry(Registry[type[DraftModel]]):
+    """Draft classes by algorithm name. A class brings its spec class (``spec_class``), whose
+    ``algo`` default must be the registered name: the spec is found from the name."""
+
+    def add(self, name: str, obj: type[DraftModel]) -> None:
+        spec_cls = getattr(obj, "spec_class", None)
+        if spec_cls is None or spec_cls.model_fields["algo"].default != name:
+            raise ValueError(f"draft {obj.__name__} registered as {name!r} needs a spec_class whose algo is {name!r}")
+        super().add(name, obj)
+
+
+DRAFTS = DraftRegistry("draft algorithm")
 
 
 def build_draft(spec: Any, target_config, embed_tokens, lm_head) -> DraftModel:
     """The draft for ``spec.draft.algo`` (a RunSpec), sharing the given frozen target tensors/modules."""
-    from . import dflash, dspark, eagle3  # noqa: F401  (registration)
-
     cls = DRAFTS.get(spec.draft.algo)
     draft = cls.from_spec(spec.draft, spec.target, target_config, _weight(embed_tokens), _weight(lm_head))
     draft.init_weights(spec.draft.init_std)

@@ -22,12 +22,14 @@ rest of the embedding); when it is unset the draft learns its own mask embedding
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from deepspec_core import losses
+from deepspec_core.specbase import BlockDraftSpec
 
 from .base import DRAFTS, DraftBatch, DraftLoss, DraftModel, Proposal, block_metrics
 from .layers import DraftLayer, FeatureFusion, Rotary, cat_kv, draft_layer_config
@@ -53,9 +55,14 @@ def sample_anchors(loss_mask: torch.Tensor, num_anchors: int, generator: torch.G
     return torch.where(keep, anchors, torch.zeros_like(anchors)), keep
 
 
+class DFlashSpec(BlockDraftSpec):
+    algo: Literal["dflash"] = Field("dflash", description="Parallel block drafter with target-context KV injection.")
+
+
 @DRAFTS.register("dflash")
 class DFlashDraft(DraftModel):
     algo = "dflash"
+    spec_class = DFlashSpec
 
     def __init__(self, draft_spec, target_spec, target_config, embed_weight, lm_head_weight):
         super().__init__(draft_spec, target_spec, target_config, embed_weight, lm_head_weight)
@@ -71,9 +78,6 @@ class DFlashDraft(DraftModel):
         self.mask_embedding = None if self.mask_token_id is not None else nn.Parameter(torch.randn(h) * 0.02)
         self.init_draft_vocab(draft_spec.draft_vocab_size)
         self._ctx_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    def max_proposal(self) -> int:
-        return self.block_size
 
     # -- backbone -------------------------------------------------------------------------------
     def context_kv(self, fused: torch.Tensor, positions: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:

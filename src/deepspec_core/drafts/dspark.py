@@ -15,20 +15,33 @@ exactly DFlash's predictions and ce_weight × DFlash's loss.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
 from deepspec_core import losses
+from deepspec_core.specbase import BlockDraftSpec
 
 from .base import DRAFTS, DraftLoss, Proposal, block_metrics
 from .dflash import DFlashDraft
 from .heads import ConfidenceHead, build_sequential_head
 
 
+class DSparkSpec(BlockDraftSpec):
+    algo: Literal["dspark"] = Field("dspark", description="DFlash backbone with a sequential head and a confidence head.")
+    sequential_head: Literal["markov", "rnn", "none"] = Field("markov", description="Sequential head over the block.")
+    markov_rank: int = Field(256, ge=0, description="Rank r of the sequential head's token embedding (0 disables it).")
+    confidence_head: bool = Field(True, description="Train a per-slot acceptance-confidence head.")
+    ce_weight: float = Field(0.1, ge=0.0, description="Weight of the cross-entropy term.")
+    tv_weight: float = Field(0.9, ge=0.0, description="Weight of the total-variation term.")
+    bce_weight: float = Field(1.0, ge=0.0, description="Weight of the confidence BCE term.")
+
+
 @DRAFTS.register("dspark")
 class DSparkDraft(DFlashDraft):
     algo = "dspark"
+    spec_class = DSparkSpec
 
     def __init__(self, draft_spec, target_spec, target_config, embed_weight, lm_head_weight):
         super().__init__(draft_spec, target_spec, target_config, embed_weight, lm_head_weight)

@@ -19,6 +19,7 @@ from deepspec_core.decode.rounds import RoundOutcome
 from deepspec_core.decode.schedule import apply_sts, ece
 from deepspec_core.errors import DataError
 from deepspec_core.eval.metrics import Calibration
+from deepspec_core.progress import Progress, as_progress
 
 
 def auc(pred: torch.Tensor, label: torch.Tensor) -> float | None:
@@ -166,7 +167,10 @@ def heldout_prompts(spec: Any, data: str | Path | None, limit: int) -> tuple[lis
     return prompts, source
 
 
-def calibrate_draft(loaded: Any, s: Any, data: str | Path | None, limit: int, write: bool = True) -> list[float]:
+def calibrate_draft(
+    loaded: Any, s: Any, data: str | Path | None, limit: int, write: bool = True,
+    progress: Progress | bool | None = None,
+) -> list[float]:
     """Fit STS temperatures on rounds decoded (fixed k, the eval's settings ``s``) from held-out
     prompts; store them with the checkpoint (``calibration.json``) and return them.
 
@@ -180,11 +184,13 @@ def calibrate_draft(loaded: Any, s: Any, data: str | Path | None, limit: int, wr
     model, tok = loaded.target.model, loaded.target.tokenizer
     eos = eos_token_ids(model, tok)
     gens = []
-    for i, messages in enumerate(prompts):
-        g = torch.Generator(device=loaded.target.device).manual_seed(s.seed + i)
-        ids = encode_prompt(tok, messages, s.thinking, loaded.target.device)
-        gens.append(speculative_generate(model, loaded.draft, ids, s.num_draft_tokens, s.max_new_tokens,
-                                         s.temperature, g, eos))
+    with as_progress(progress).stage("calibrate", total=len(prompts), unit="prompts") as stage:
+        for i, messages in enumerate(prompts):
+            g = torch.Generator(device=loaded.target.device).manual_seed(s.seed + i)
+            ids = encode_prompt(tok, messages, s.thinking, loaded.target.device)
+            gens.append(speculative_generate(model, loaded.draft, ids, s.num_draft_tokens, s.max_new_tokens,
+                                             s.temperature, g, eos))
+            stage.advance(1)
     try:
         conf, accepted = calibration_rounds(gens)
     except ValueError as err:

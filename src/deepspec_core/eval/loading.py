@@ -1,7 +1,7 @@
 """Loading a trained draft for decoding, and the prompt / stop-token conventions of evaluation.
 
-``load_draft`` rebuilds a checkpoint (spec from ``draft.toml``, frozen embedding and head from the
-target, trainable weights from ``model.safetensors``); ``eos_token_ids`` and ``encode_prompt`` are
+``load_draft`` rebuilds a checkpoint (spec from its ``config.json``, frozen embedding and head from
+the target, trainable weights from ``model.safetensors``); ``eos_token_ids`` and ``encode_prompt`` are
 shared by the benchmark runner and by calibration so both decode exactly alike.
 """
 
@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from deepspec_core.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from deepspec_core.drafts import DraftModel
 
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
 
 @dataclass
 class LoadedDraft:
-    draft: Any  # DraftModel, eval mode, on the target's device
+    draft: DraftModel  # eval mode, on the target's device
     target: Any  # targets.hf.Target
     spec: Any  # RunSpec: target + draft sections from the checkpoint, eval defaults from the run
     step_dir: Path
@@ -49,41 +52,31 @@ def resolve_checkpoint(path: Path | str) -> tuple[Path, Path | None]:
 
 
 def load_draft(path: Path | str, target: str | None = None, device: str = "auto") -> LoadedDraft:
-    """Rebuild a trained draft: spec from the checkpoint, frozen embed / lm_head from the target,
-    trainable weights from ``model.safetensors``. ``target`` overrides the spec's target model."""
-    from deepspec_core.drafts import build_draft
-    from deepspec_core.runs import load_weights
-    from deepspec_core.spec import check_against_target, load_spec
-    from deepspec_core.targets.hf import load_config, load_target_from_spec
+    """Rebuild a trained draft through :func:`deepspec_core.assembly.assemble`: its spec from the
+    checkpoint's ``config.json`` (over the run's spec, which carries the eval defaults), the target
+    loaded for decoding, the trained weights. ``target`` overrides the spec's target model."""
+    from deepspec_core.assembly import assemble, checkpoint_spec
+    from deepspec_core.spec import load_spec
 
     device = join_processes(device)
     step, run = resolve_checkpoint(path)
-    draft_toml = step / "draft.toml"
-    if not draft_toml.is_file():
-        raise CheckpointError(f"checkpoint {step} has no draft.toml", "was it written by `deepspec train`?")
-    spec = load_spec(draft_toml)
-    if run is not None:
-        # The run's spec carries the eval defaults; the checkpoint's own sections win for the model.
-        run_spec = load_spec(run / "spec.toml")
-        spec = run_spec.model_copy(update={"target": spec.target, "draft": spec.draft})
+    spec = checkpoint_spec(step, base=load_spec(run / "spec.toml") if run is not None else None)
+    trained_for = spec.target.model
     if target:
         spec = spec.model_copy(
             update={"target": spec.target.model_copy(update={"model": target, "revision": None})}
         )
-    check_against_target(spec, load_config(spec.target))  # e.g. --target of another size than the draft's
-    tgt = load_target_from_spec(spec.target, device=device)
-    draft = build_draft(spec, tgt.config, tgt.model.get_input_embeddings(), tgt.model.get_output_embeddings())
     try:
-        draft.load_trainable_state_dict(load_weights(step))
+        parts = assemble(spec, device, load_target=True, weights_dir=step)
     except CheckpointError as err:
         if not target:
             raise
-        trained_for = load_spec(draft_toml).target.model
         raise CheckpointError(
             f"draft {step} was trained for target {trained_for}, not --target {target}: {err.message}",
             "evaluate it with its own target (drop --target), or with one of the same sizes",
         ) from None
-    draft.to(device=tgt.device, dtype=tgt.dtype).eval()  # decoding runs under no_grad
+    tgt = parts.target
+    draft = parts.draft.to(dtype=tgt.dtype).eval()  # decoding runs under no_grad
     return LoadedDraft(draft, tgt, spec, step, run)
 
 

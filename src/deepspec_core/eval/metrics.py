@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deepspec_core.decode.rounds import RoundOutcome
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class _Model(BaseModel):
@@ -62,8 +62,11 @@ class Protocol(_Model):
     subset_seed: int = Field(
         description="seed of random.Random(seed).shuffle(rows) that picks a benchmark's first N prompts"
     )
-    block_size: int | None = Field(None, json_schema_extra=INFORMATIONAL)
-    ttt_length: int | None = Field(None, json_schema_extra=INFORMATIONAL)
+    draft_params: dict[str, int | float | str | bool] = Field(
+        default_factory=dict,
+        description="the draft's protocol parameters (block size, TTT length, ...), as its algorithm reports them",
+        json_schema_extra=INFORMATIONAL,
+    )
     num_draft_tokens: int = Field(ge=1)
     draft_length: str = Field(
         "fixed",

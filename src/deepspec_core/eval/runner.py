@@ -19,23 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from deepspec_core import __version__
 from deepspec_core.decode.policy import POLICIES, DraftLength, profile_sps
 from deepspec_core.decode.rounds import RoundOutcome
 from deepspec_core.decode.speculative import Generation, speculative_generate, target_generate
-from deepspec_core.errors import CheckpointError, SpecError
+from deepspec_core.errors import SpecError
 from deepspec_core.eval import benchmarks as bm
 from deepspec_core.eval import metrics as mt
 from deepspec_core.eval.calibration import (
@@ -52,6 +41,8 @@ from deepspec_core.eval.loading import (
     load_draft,
 )
 from deepspec_core.io import atomic_write_json, atomic_write_text
+from deepspec_core.progress import NullStage, Progress, Stage, as_progress
+from deepspec_core.specbase import check_draft_length
 
 
 class _Clock:
@@ -103,11 +94,12 @@ def run_benchmark(
     loaded: LoadedDraft,
     prompts: bm.BenchmarkPrompts,
     s: EvalSettings,
-    advance: Any = None,
+    stage: Stage | None = None,
     indices: list[int] | None = None,
 ) -> BenchmarkRun:
     """Decode the prompts of one benchmark (each turn they hold) at ``indices`` (default: all);
-    ``advance()`` is called per sample."""
+    ``stage`` advances per sample, with τ so far."""
+    stage = stage or NullStage()
     model, tok, draft = loaded.target.model, loaded.target.tokenizer, loaded.draft
     device = loaded.target.device
     eos = eos_token_ids(model, tok)
@@ -172,8 +164,12 @@ def run_benchmark(
                         "confidences": res.confidences or None,
                     }
                 )
-        if advance is not None:
-            advance()
+        # τ so far (committed tokens per round; and the speedup when timed): what a watcher of a long eval wants
+        stage.advance(
+            1,
+            tau=sum(o.committed for o in out.outcomes) / len(out.outcomes) if out.outcomes else None,
+            speedup=out.target_seconds / out.spec_seconds if out.spec_seconds > 0 else None,
+        )
     return out
 
 
@@ -206,8 +202,7 @@ def _protocol(
         chat_template_hash=chat_template_hash(t.tokenizer),
         all_turns=s.all_turns,
         subset_seed=bm.SUBSET_SEED,
-        block_size=getattr(d, "block_size", None),
-        ttt_length=getattr(d, "ttt_length", None),
+        draft_params=d.draft_params(),
         num_draft_tokens=s.num_draft_tokens,
         draft_length=s.draft_length.name,
         draft_length_threshold=s.draft_length.threshold if s.draft_length.name == "threshold" else None,
@@ -247,7 +242,7 @@ def evaluate(
     save_outputs: bool = False,
     out_dir: str | Path | None = None,
     device: str = "auto",
-    progress: bool = True,
+    progress: Progress | bool | None = None,
     plots: bool = True,
     draft_length: str = "fixed",
     threshold: float = 0.5,
@@ -260,11 +255,13 @@ def evaluate(
     ``draft_length`` picks the draft-length policy (:mod:`deepspec_core.decode.policy`); the
     scheduler profiles SPS(B) on this machine first. ``calibrate`` fits STS temperatures on
     held-out prompts (``calibration_data``, else the run's validation split) and stores them with
-    the checkpoint; temperatures stored earlier are used otherwise. Raises SpecError for an unknown
-    policy and DataError when calibration has no held-out prompts."""
+    the checkpoint; temperatures stored earlier are used otherwise. ``progress`` reports each
+    benchmark as a stage (:mod:`deepspec_core.progress`). Raises SpecError for an unknown policy
+    and DataError when calibration has no held-out prompts."""
     from deepspec_core.distributed import detect_env
 
     env = detect_env()
+    reporter = as_progress(progress if env.is_main else False)  # one process reports
     loaded = draft if isinstance(draft, LoadedDraft) else load_draft(draft, target, device)
     ev = loaded.spec.eval
     names = bm.parse_benchmarks(benchmarks if benchmarks is not None else ev.benchmarks)
@@ -278,16 +275,13 @@ def evaluate(
         speed=speed,
         save_outputs=save_outputs,
     )
-    cap = loaded.draft.max_proposal()
-    if cap is not None and s.num_draft_tokens > cap:
-        raise CheckpointError(
-            f"--num-draft-tokens {s.num_draft_tokens} exceeds the draft's block ({cap})", f"use at most {cap}"
-        )
+    check_draft_length(s.num_draft_tokens, loaded.draft.max_proposal(), loaded.draft.algo, field="--num-draft-tokens")
     if draft_length not in POLICIES:
         raise SpecError(f"--draft-length {draft_length!r} is not a policy", f"choose one of: {', '.join(POLICIES)}")
     temperatures = load_temperatures(loaded.step_dir)
     if calibrate:
-        temperatures = calibrate_draft(loaded, s, calibration_data, calibration_limit, write=env.is_main)
+        temperatures = calibrate_draft(loaded, s, calibration_data, calibration_limit, write=env.is_main,
+                                       progress=reporter)
     sps = profile_sps(loaded.target.model, s.num_draft_tokens + 1) if draft_length == "scheduler" else None
     s.draft_length = DraftLength(draft_length, threshold, sps, None if temperatures is None else tuple(temperatures))
     thinking_source = "draft" if thinking is None or thinking == loaded.spec.target.thinking else "override"
@@ -296,26 +290,25 @@ def evaluate(
     per: dict[str, mt.BenchmarkResult] = {}
     files: list[Path] = []
     confident_rounds: list[tuple[list[float], RoundOutcome]] = []
-    with _progress(progress and env.is_main) as bar:
-        for p in prompts:
-            mine = list(range(env.rank, len(p), env.world_size))
-            task = bar.add_task(p.name, total=len(mine))
-            run = run_benchmark(loaded, p, s, advance=lambda task=task: bar.advance(task), indices=mine)
-            if env.distributed:
-                run = _gather(run)
-            speed_ = (
-                mt.make_speed(run.timed_tokens, run.target_seconds, run.spec_seconds)
-                if speed and run.timed_tokens
-                else None
-            )
-            per[p.name] = mt.benchmark_result(
-                run.outcomes, s.num_draft_tokens, len(p), run.turns, run.generated, speed_
-            )
-            confident_rounds += run.confident_rounds
-            if save_outputs and env.is_main:
-                path = out / "outputs" / f"{p.name}.jsonl"
-                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in run.outputs))
-                files.append(path)
+    for p in prompts:
+        mine = list(range(env.rank, len(p), env.world_size))
+        with reporter.stage(f"eval {p.name}", total=len(mine), unit="samples") as stage:
+            run = run_benchmark(loaded, p, s, stage=stage, indices=mine)
+        if env.distributed:
+            run = _gather(run)
+        speed_ = (
+            mt.make_speed(run.timed_tokens, run.target_seconds, run.spec_seconds)
+            if speed and run.timed_tokens
+            else None
+        )
+        per[p.name] = mt.benchmark_result(
+            run.outcomes, s.num_draft_tokens, len(p), run.turns, run.generated, speed_
+        )
+        confident_rounds += run.confident_rounds
+        if save_outputs and env.is_main:
+            path = out / "outputs" / f"{p.name}.jsonl"
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in run.outputs))
+            files.append(path)
     infos = [
         mt.BenchmarkInfo(
             name=p.name, domain=p.domain, samples=len(p), content_hash=p.content_hash, source=p.source
@@ -371,22 +364,3 @@ def write_results(results: mt.EvalResults, out: Path, plots: bool = True) -> lis
 
         files += [plot_acceptance(results, out / "acceptance.png"), plot_tau(results, out / "tau.png")]
     return files
-
-
-class _Rate(ProgressColumn):
-    def render(self, task: Any) -> Text:
-        return Text(f"{task.speed:.2f} samples/s" if task.speed else "- samples/s")
-
-
-def _progress(enabled: bool) -> Progress:
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _Rate(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not (enabled and console.is_terminal),
-    )

@@ -23,6 +23,7 @@ from typing import Any
 
 from deepspec_core import paths
 from deepspec_core.errors import TargetError
+from deepspec_core.progress import Progress, as_progress
 from deepspec_core.targets import tiny_data as td
 
 # Bump when anything that changes the built weights changes (corpus, template, training).
@@ -205,34 +206,7 @@ def _lr_at(step: int, r: TinyRecipe) -> float:
     return r.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TextColumn("{task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not (enabled and console.is_terminal),
-    )
-
-
-def _train(model, blocks, r: TinyRecipe, bf16: bool, progress: bool) -> list[float]:
+def _train(model, blocks, r: TinyRecipe, bf16: bool, progress: Progress) -> list[float]:
     import torch
 
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -240,8 +214,7 @@ def _train(model, blocks, r: TinyRecipe, bf16: bool, progress: bool) -> list[flo
     losses: list[float] = []
     model.train()
     t0 = time.perf_counter()
-    with _progress(progress) as bar:
-        task = bar.add_task("training tiny target", total=r.steps, rate="", loss="")
+    with progress.stage("tiny target", total=r.steps, unit="steps") as stage:
         for step in range(r.steps):
             x = blocks[step * r.batch_size : (step + 1) * r.batch_size]  # (B, T)
             for group in opt.param_groups:
@@ -254,7 +227,7 @@ def _train(model, blocks, r: TinyRecipe, bf16: bool, progress: bool) -> list[flo
             opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
             tok_s = (step + 1) * x.numel() / (time.perf_counter() - t0)
-            bar.update(task, advance=1, rate=f"{tok_s:,.0f} tok/s", loss=f"loss {losses[-1]:.3f}")
+            stage.advance(1, loss=losses[-1], tok_s=tok_s)
     model.eval()
     return losses
 
@@ -303,9 +276,10 @@ def _perplexity(model, tokenizer, corpus: _Corpus) -> _Perplexity:
 
 
 def build_tiny_target(
-    out_dir: Path | str, size: str = "default", seed: int = 0, progress: bool = True
+    out_dir: Path | str, size: str = "default", seed: int = 0, progress: Progress | bool | None = None
 ) -> Path:
-    """Build the tiny target (tokenizer + Qwen3) into ``out_dir``; deterministic for a seed."""
+    """Build the tiny target (tokenizer + Qwen3) into ``out_dir``; deterministic for a seed.
+    ``progress`` gets its training as a stage (:mod:`deepspec_core.progress`)."""
     import torch
     from transformers import GenerationConfig, Qwen3ForCausalLM
 
@@ -333,7 +307,7 @@ def build_tiny_target(
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = Qwen3ForCausalLM(qwen3_config(r, tokenizer))
-            losses = _train(model, corpus.train_blocks, r, bf16, progress)
+            losses = _train(model, corpus.train_blocks, r, bf16, as_progress(progress))
             t_train = time.perf_counter() - t0 - t_data
             ppl = _perplexity(model, tokenizer, corpus)
     finally:
@@ -401,7 +375,7 @@ def _publish(tmp: Path, final: Path) -> Path:
     return final
 
 
-def ensure_tiny_target(size: str = "default", seed: int = 0, progress: bool = True) -> Path:
+def ensure_tiny_target(size: str = "default", seed: int = 0, progress: Progress | bool | None = None) -> Path:
     """The cached build of the tiny target for (size, seed); built on first use."""
     key, _ = build_key(size, seed)
     final = paths.targets_dir() / f"tiny-{size}-{key}"

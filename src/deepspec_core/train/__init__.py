@@ -6,7 +6,7 @@
   saves, retention, resume and the spec comparison that guards it.
 - ``launch.py``: process environments (torchrun / accelerate / SLURM), process groups, the
   ``accelerate launch`` command behind ``deepspec train --gpus N``, stop requests (SIGTERM).
-- ``metrics.py``: ``metrics.jsonl``, TensorBoard, wandb, the rich progress bar, metric pooling.
+- ``metrics.py``: ``metrics.jsonl``, TensorBoard, wandb, metric pooling (live progress: ``deepspec_core.progress``).
 
 Decisions (see the module docstrings for the reasons):
 

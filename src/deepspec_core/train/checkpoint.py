@@ -8,9 +8,9 @@ directory, which the next run deletes.
 
 ``step_<N>/``::
 
-    config.json          the draft's config (what export and eval rebuild the draft from)
+    config.json          the draft's config: its spec section, the target's, the sizes (deepspec_core.runs);
+                         the single source eval and export rebuild the draft from
     model.safetensors    trainable weights only (the frozen target embedding / lm_head are not duplicated)
-    draft.toml           the target and draft sections of the spec
     training_state/      optimizer.pt, rng_rank<R>.pt, state.json (step, data position, schedule)
 """
 
@@ -89,31 +89,6 @@ def spec_differences(old: RunSpec, new: RunSpec) -> list[str]:
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             diffs.append(f"{key}: {a.get(key, '<unset>')!r} → {b.get(key, '<unset>')!r}")
     return diffs
-
-
-# -- checkpoint config -----------------------------------------------------------------------
-
-
-def draft_config(spec: RunSpec, draft: Any, target_path: str) -> dict[str, Any]:
-    """``config.json`` of a checkpoint: what eval/export need to rebuild the draft without the spec."""
-    from deepspec_core import __version__
-
-    d = draft
-    return {
-        "deepspec_version": __version__,
-        "algo": spec.draft.algo,
-        "draft": spec.draft.model_dump(mode="json"),
-        "target": {
-            "model": spec.target.model,
-            "path": target_path,
-            "revision": spec.target.revision,
-            "layer_ids": list(spec.target.layer_ids),
-            "mask_token_id": spec.target.mask_token_id,
-            "hidden_size": d.hidden_size,
-            "vocab_size": d.vocab_size,
-        },
-        "trainable_parameters": d.num_trainable_parameters(),
-    }
 
 
 # -- run directory -----------------------------------------------------------------------------
@@ -226,13 +201,11 @@ def save_checkpoint(
     state: TrainState,
     weights: dict[str, torch.Tensor],
     config: dict[str, Any],
-    spec: RunSpec,
     optimizer_state: dict[str, Any] | None,
     rng_states: list[dict[str, Any]],
     keep_last: int,
 ) -> Path:
     """Write ``step_<state.step>`` atomically, point ``step_latest`` at it, apply retention (main process)."""
-    import tomli_w
     from safetensors.torch import save_file
 
     final = run.step_dir(state.step)
@@ -242,8 +215,6 @@ def save_checkpoint(
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "step": str(state.step)})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        draft_only = spec.model_dump(mode="json", include={"target", "draft"}, exclude_none=True)
-        (tmp / "draft.toml").write_text(tomli_w.dumps(draft_only))
         if optimizer_state is not None:
             torch.save(optimizer_state, tmp / "training_state" / "optimizer.pt")
         for rank, rng in enumerate(rng_states):

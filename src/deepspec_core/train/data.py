@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from deepspec_core.errors import SpecError, TargetError
+from deepspec_core.errors import SpecError
 from deepspec_core.spec import RunSpec
 
 
@@ -225,42 +224,33 @@ def holdout_sizes(num_samples: int, val_samples: int) -> tuple[int, int]:
 
 
 def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None]) -> TrainParts:
-    """Datasets (offline cache or online target), the frozen target pieces, and the draft on ``device``."""
-    from deepspec_core.drafts.base import build_draft, frozen_weights_from_model, load_frozen_weights
-    from deepspec_core.spec import check_against_target, check_registered
-    from deepspec_core.targets.hf import load_config, resolve_dtype, resolve_model
+    """The draft on ``device`` (via :func:`deepspec_core.assembly.assemble`) and its datasets: the
+    offline cache, or online features from the target."""
+    from deepspec_core.assembly import assemble
+    from deepspec_core.spec import check_registered
 
-    target_path = resolve_model(spec.target.model)
-    # Checks that need the target's config, before data, weights or the run directory are touched.
-    config = load_config(spec.target)
-    check_against_target(spec, config)
     check_registered(spec)
+    parts = assemble(spec, device, load_target=spec.cache.online)
     if spec.cache.online:
         from deepspec_core.cache.online import online_dataset
         from deepspec_core.data.tokenize import TokenizeStats
-        from deepspec_core.targets.hf import load_target_from_spec
 
-        target = load_target_from_spec(spec.target, device=str(device))
         stats = TokenizeStats()
-        dataset = online_dataset(spec, target, stats=stats)
+        dataset = online_dataset(spec, parts.target, stats=stats)
         say(stats.summary(spec.data.max_length))
-        embed, head = frozen_weights_from_model(target.model)
     else:
         from deepspec_core.cache.reader import FeatureCache
         from deepspec_core.targets.hf import load_tokenizer, text_config, tokenizer_hash
 
         tok = load_tokenizer(
-            target_path, spec.target.revision, spec.target.chat_template, spec.target.trust_remote_code
+            parts.target_path, spec.target.revision, spec.target.chat_template, spec.target.trust_remote_code
         )
         # The cache must come from this target, layers, tokenizer and max length; it says which differ.
         dataset = FeatureCache(
             spec.cache_dir(),
             spec,
-            hidden_size=int(text_config(config).hidden_size),
+            hidden_size=int(text_config(parts.config).hidden_size),
             tokenizer_hash=tokenizer_hash(tok),
-        )
-        embed, head = load_frozen_weights(
-            _local_dir(target_path, spec.target.revision), dtype=resolve_dtype(spec.target.dtype, device)
         )
     heldout = dataset.num_heldout if spec.cache.online else int(dataset.manifest["counts"].get("heldout_samples", 0))
     if heldout:
@@ -270,7 +260,7 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
     source = "online from the target" if spec.cache.online else f"cache {spec.cache_dir()}"
     where = f"from data.eval ({heldout} there)" if heldout else "held out from the training data"
     say(f"features: {source}; {num_train} training samples, {num_val} validation samples {where}")
-    draft = build_draft(spec, config, embed, head)
+    draft = parts.draft
     draft.fused_losses = use_fused_losses(spec.train.fused_losses, device)
     if draft.fused_losses:
         say("losses: fused Triton kernels (train.fused_losses)")
@@ -278,8 +268,7 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
     for p in draft.parameters():
         if p.requires_grad:
             p.data = p.data.float()
-    draft.to(device)
-    return TrainParts(draft, dataset, num_train, num_val, spec.cache.online, target_path, heldout)
+    return TrainParts(draft, dataset, num_train, num_val, spec.cache.online, parts.target_path, heldout)
 
 
 def use_fused_losses(setting: str, device: torch.device) -> bool:
@@ -299,24 +288,6 @@ def use_fused_losses(setting: str, device: torch.device) -> bool:
             "set it to 'auto' (eager losses off CUDA); TRITON_INTERPRET=1 runs them slowly on a CPU for testing",
         )
     return True
-
-
-def _local_dir(model: str, revision: str | None) -> str:
-    """A hub id → its local snapshot (weights files only; usually already cached by the cache step)."""
-    if Path(model).expanduser().is_dir():
-        return str(Path(model).expanduser())
-    from huggingface_hub import snapshot_download
-
-    from deepspec_core.hub import hub_reachable
-
-    try:
-        return snapshot_download(model, revision=revision, allow_patterns=["*.safetensors", "*.json"],
-                                 local_files_only=not hub_reachable())
-    except Exception as err:  # offline, gated, typo: one clear line
-        raise TargetError(
-            f"cannot fetch the weights of target {model!r} for its frozen embedding / lm_head: {type(err).__name__}",
-            "check network access, or download the model and point target.model at the directory",
-        ) from err
 
 
 def init_vocab_mapping(parts: TrainParts, spec: RunSpec) -> float | None:

@@ -25,7 +25,8 @@ from torch import nn
 from deepspec_core.distributed import DistEnv, detect_env, init_distributed, pick_device, shutdown_distributed
 from deepspec_core.drafts.base import FROZEN_PREFIXES
 from deepspec_core.errors import CheckpointError
-from deepspec_core.runs import RunDir, load_weights
+from deepspec_core.progress import Progress, as_progress
+from deepspec_core.runs import RunDir, checkpoint_config, load_weights
 from deepspec_core.spec import RunSpec, Schedule, TrainSpec, derive_schedule
 from deepspec_core.train import checkpoint as ckpt
 from deepspec_core.train.data import (
@@ -36,7 +37,7 @@ from deepspec_core.train.data import (
     val_batches,
 )
 from deepspec_core.train.launch import StopRequest
-from deepspec_core.train.metrics import MetricsLogger, TrainProgress, metrics_of, pooled_metrics
+from deepspec_core.train.metrics import MetricsLogger, metrics_of, pooled_metrics
 
 
 @dataclass
@@ -46,7 +47,9 @@ class Runtime:
     env: DistEnv | None = None  # default: detected from the environment (torchrun, accelerate, SLURM)
     device: str = "auto"
     fresh: bool = False
-    progress: bool = True
+    # Where the training stage reports (deepspec_core.progress): None, the CLI's renderer if any;
+    # False, nothing. Only the main process reports.
+    progress: Progress | bool | None = None
     say: Callable[[str], None] = print  # one-line notes for a user (main process only)
     # End (with a checkpoint) after this many optimizer steps, as a preemption would.
     stop_after: int | None = None
@@ -251,9 +254,10 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
             say(_val_line(0, val_metrics))
     window_t0 = t_loop0 = time.time()
     model.train()
+    reporter = as_progress(rt.progress if env.is_main else False)
     with (
-        TrainProgress(sched.total_steps, state.step, rt.progress and env.is_main, say=say) as progress,
-        StopRequest(progress.print if env.is_main else say) as stop_req,
+        reporter.stage("train", total=sched.total_steps, unit="steps", done=state.step) as progress,
+        StopRequest(say) as stop_req,
     ):
         for step in range(state.step, stop):
             lr = lr_at(step, sched, spec.train)
@@ -306,29 +310,25 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
                 )
                 if logger:
                     logger.log(state.step, "train", metrics)
-                progress.update(
-                    state.step,
-                    metrics.get("loss"),
-                    metrics.get("tau_expected"),
-                    lr,
-                    tps,
-                    metrics.get("tau_greedy"),
+                progress.advance(
+                    1, loss=metrics.get("loss"), tau=metrics.get("tau_expected"),
+                    tau_greedy=metrics.get("tau_greedy"), lr=lr, tok_s=tps,
                 )
                 window, window_tokens, window_t0 = [], 0, time.time()
             else:
-                progress.update(state.step)
+                progress.advance(1)
 
             if state.step % spec.train.val_every == 0 or state.step == sched.total_steps:
                 val_metrics, val_step = validate(parts, model, spec, env, device), state.step
                 if val_metrics and logger:
                     logger.log(state.step, "val", val_metrics)
-                    progress.print(_val_line(state.step, val_metrics))
+                    say(_val_line(state.step, val_metrics))
 
             preempted = stop_req.agreed(env, device)
             if state.step % spec.train.save_every == 0 or state.step == stop or preempted:
                 last_ckpt = _save(run, state, parts, model, optimizer, spec, env)
             if preempted:
-                progress.print(f"stopped at step {state.step} with a checkpoint; rerun the same command to resume")
+                say(f"stopped at step {state.step} with a checkpoint; rerun the same command to resume")
                 break
     if logger:
         logger.close()
@@ -417,8 +417,7 @@ def _save(
             run,
             state,
             weights,
-            ckpt.draft_config(spec, parts.draft, parts.target_path),
-            spec,
+            checkpoint_config(spec, parts.draft, parts.target_path),
             optim_state,
             rngs,
             spec.train.keep_last,

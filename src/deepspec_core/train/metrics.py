@@ -1,4 +1,5 @@
-"""What a training run shows and records: rich progress, ``metrics.jsonl``, TensorBoard, wandb.
+"""What a training run records: ``metrics.jsonl``, TensorBoard, wandb (its live progress goes
+through ``deepspec_core.progress``; the CLI draws it).
 
 Only the main process logs. ``metrics.jsonl`` has one JSON object per logging step
 (``{"step", "kind": "train" | "val", "time", ...metrics}``); on resume, records after the resumed
@@ -15,15 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from deepspec_core.io import atomic_write_text
 from deepspec_core.spec import RunSpec
@@ -156,86 +148,3 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
-
-
-class TrainProgress:
-    """Rich progress bar: step/total, loss, τ estimate, lr, tokens/s, elapsed and ETA. When the
-    output is not a terminal (``enabled`` False: nohup, SLURM logs, CI) a plain line with the same
-    figures goes to ``say`` every ``interval`` seconds instead, and messages still reach the log."""
-
-    def __init__(self, total: int, start: int, enabled: bool, console: Console | None = None,
-                 say: Callable[[str], None] | None = None, interval: float = 30.0):
-        self.enabled = enabled
-        self.say, self.interval, self.total, self.start_step = say, interval, total, start
-        self._t0 = self._last_line = time.monotonic()
-        self._fields: dict[str, str] = {"loss": "-", "tau": "-", "lr": "-", "tps": "-"}
-        self._progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(
-                "loss {task.fields[loss]}  τ≈{task.fields[tau]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"
-            ),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not enabled,
-        )
-        self._task = self._progress.add_task(
-            "train", total=total, completed=start, loss="-", tau="-", lr="-", tps="-"
-        )
-
-    def __enter__(self) -> TrainProgress:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def update(
-        self,
-        step: int,
-        loss: float | None = None,
-        tau: float | None = None,
-        lr: float | None = None,
-        tokens_per_s: float | None = None,
-        tau_greedy: float | None = None,
-    ) -> None:
-        fields: dict[str, str] = {}
-        if loss is not None:
-            fields["loss"] = f"{loss:.4f}"
-        if tau is not None:
-            fields["tau"] = f"{tau:.2f}" + (f" (greedy {tau_greedy:.2f})" if tau_greedy is not None else "")
-        if lr is not None:
-            fields["lr"] = f"{lr:.2e}"
-        if tokens_per_s is not None:
-            fields["tps"] = f"{tokens_per_s:,.0f}"
-        self._progress.update(self._task, completed=step, **fields)
-        self._fields.update(fields)
-        now = time.monotonic()
-        if not self.enabled and self.say and (now - self._last_line >= self.interval or step == self.total):
-            self._last_line = now
-            self.say(self._plain_line(step, now))
-
-    def _plain_line(self, step: int, now: float) -> str:
-        done = step - self.start_step
-        rate = done / max(now - self._t0, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else float("nan")
-        f = self._fields
-        return (f"train step {step}/{self.total} ({step / max(self.total, 1):.0%}) · loss {f['loss']} · "
-                f"τ≈{f['tau']} · lr {f['lr']} · {f['tps']} tok/s · {rate:.2f} steps/s · eta {_hms(eta)}")
-
-    def print(self, message: str) -> None:
-        """A message on its own line, above the bar (or to the log without one)."""
-        if self.enabled:
-            self._progress.console.print(message, markup=False, highlight=False)
-        elif self.say:
-            self.say(message)
-
-
-def _hms(seconds: float) -> str:
-    if seconds != seconds or seconds == float("inf"):  # nan / inf: no rate yet
-        return "-"
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
