@@ -10,12 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from deepspec_core.data.backend import Outcome, Sampling, TurnResult, conversation_turns
 from deepspec_core.data.local_backend import LocalBackend, generate_answers
 from deepspec_core.data.regen import (
-    Outcome,
-    Sampling,
-    TurnResult,
-    conversation_turns,
     errors_path,
     index_done,
     partial_path,

@@ -8,9 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from deepspec_cli.main import app
+from deepspec_core.data.backend import Sampling
 from deepspec_core.data.local_backend import LocalBackend
 from deepspec_core.data.openai_client import OpenAIBackend, normalize_url, parse_answer, request_body
-from deepspec_core.data.regen import Sampling, errors_path, regenerate
+from deepspec_core.data.regen import errors_path, regenerate
 from deepspec_core.errors import ServerError
 
 pytestmark = pytest.mark.integration

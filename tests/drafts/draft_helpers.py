@@ -60,7 +60,7 @@ def reference_rows(draft, batch, anchors=None, keep=None) -> tuple[torch.Tensor,
     b, t = ids.shape
     p_all = torch.softmax(batch.final_hidden @ draft.target_head.weight.T, -1)  # (B, T, V)
     if anchors is None:
-        q = torch.softmax(draft.teacher_forced_logits(batch), -1)  # (B, T, S, V)
+        q = torch.softmax(draft.ttt_logits(batch), -1)  # (B, T, S, V)
         k = q.shape[2]
         label = torch.arange(t)[:, None] + 2 + torch.arange(k)  # (T, S)
         src = (label - 1).clamp(max=t - 1)

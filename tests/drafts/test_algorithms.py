@@ -123,10 +123,7 @@ def test_propose_agrees_with_teacher_forced_training(algo, variant):
     assert torch.allclose(prop.dists.sum(-1), torch.ones(1, k))
     assert torch.allclose(prop.dists.gather(-1, prop.tokens[..., None])[..., 0], prop.probs)
     tf = _continue(batch, n, prop.tokens)
-    if algo == "eagle3":
-        logits = d.teacher_forced_logits(tf)[0, n - 1]  # (steps, V): position n−1 drafts x_{n+1..}
-    else:
-        logits = d.block_logits(tf, torch.tensor([[n]]))[0, 0]
+    logits = d.teacher_forced_logits(tf, torch.tensor([[n]]))[0, 0]  # (k, V): anchor x_n, slot j predicts x_{n+1+j}
     assert torch.allclose(torch.softmax(logits[:k], -1), prop.dists[0], atol=1e-5)
     greedy = d.propose(batch.input_ids[:, n], k, temperature=0.0)
     assert greedy.dists is None and (greedy.probs == 1).all()
@@ -202,7 +199,7 @@ def test_eagle3_loss_with_a_reduced_vocabulary_matches_a_reference():
             torch.nn.init.normal_(p, std=0.2)
     batch = make_batch(lengths=(24, 17))
     out = d.forward_train(batch)
-    q = d.teacher_forced_logits(batch)[..., d.draft_ids]  # (B, T, S, Vd)
+    q = d.ttt_logits(batch)[..., d.draft_ids]  # (B, T, S, Vd)
     p_all = batch.final_hidden @ d.target_head.weight.T  # (B, T, V)
     lengths, t, want = batch.lengths, batch.input_ids.shape[1], 0.0
     for i in range(3):
@@ -230,7 +227,7 @@ def test_eagle3_reference_loss_convention_matches_a_literal_transcription():
             torch.nn.init.normal_(p, std=0.2)
     batch = make_batch(lengths=(24, 17))
     out = d.forward_train(batch)
-    q = d.teacher_forced_logits(batch)  # (B, T, S, V)
+    q = d.ttt_logits(batch)  # (B, T, S, V)
     p_all = batch.final_hidden @ d.target_head.weight.T  # (B, T, V)
     b, t = batch.input_ids.shape
     want = 0.0

@@ -27,9 +27,9 @@ def test_eagle3_no_future_leakage():
     torch.manual_seed(0)
     d = _randomise(make_draft("eagle3", ttt_length=3)).eval()
     batch, c = make_batch(lengths=(20, 20)), 9
-    base = d.teacher_forced_logits(batch)  # (B, T, S, V)
+    base = d.ttt_logits(batch)  # (B, T, S, V)
     # features at ≥ c and tokens at ≥ c+1 change: step i at t reads x_{t+1..t+1+i} and h_{≤t}
-    moved = d.teacher_forced_logits(_perturb(batch, feat_from=c, tok_from=c + 1))
+    moved = d.ttt_logits(_perturb(batch, feat_from=c, tok_from=c + 1))
     for i in range(3):
         assert torch.allclose(base[:, : c - i, i], moved[:, : c - i, i], atol=1e-5), i
         assert not torch.allclose(base[:, c - i, i], moved[:, c - i, i], atol=1e-3), i  # the test can fail

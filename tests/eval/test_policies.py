@@ -58,12 +58,24 @@ def test_threshold_with_calibration_is_lossless_and_reports_calibration(tmp_path
     assert all(sum(r["accept_lengths"]) + 1 == len(r["generated_ids"]) for r in got_out)
 
 
-def test_the_scheduler_records_its_sps_profile_and_stays_lossless(tmp_path, tiny_target):
+def test_the_scheduler_records_its_sps_profile_and_stays_lossless(tmp_path, tiny_target, monkeypatch):
+    """The scheduler follows the profile it measured (here a stand-in): when reading two tokens is
+    100× slower than one, no drafted token is worth verifying — and the output is unchanged."""
+    from deepspec_core.eval import runner as eval_runner
+
+    asked = []
+
+    def steep_profile(model, max_tokens):
+        asked.append(max_tokens)
+        return (100.0, 1.0, 1.0, 1.0)
+
+    monkeypatch.setattr(eval_runner, "profile_sps", steep_profile)
     run = _run_dir(tmp_path, tiny_target, "eagle3")
     _, fixed_out, _ = _eval(run, tmp_path / "fixed")
     got, got_out, _ = _eval(run, tmp_path / "sched", "--draft-length", "scheduler")
-    sps = got["protocol"]["sps_profile"]
-    assert len(sps) == 4 and all(a >= b > 0 for a, b in zip(sps, sps[1:], strict=False))
+    assert asked == [4] and got["protocol"]["sps_profile"] == [100.0, 1.0, 1.0, 1.0]  # SPS(B), B = 1..k+1
+    b = got["benchmarks"]["mbpp"]
+    assert b["drafted_tokens"] == 0 and b["accept_length_counts"] == [b["rounds"], 0, 0, 0]
     assert [r["generated_ids"] for r in got_out] == [r["generated_ids"] for r in fixed_out]
 
 

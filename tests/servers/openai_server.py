@@ -23,8 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from deepspec_core.data.backend import Sampling
 from deepspec_core.data.local_backend import generate_answers
-from deepspec_core.data.regen import Sampling
 
 
 def free_port() -> int:

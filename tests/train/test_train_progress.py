@@ -20,7 +20,6 @@ def test_train_to_a_log_writes_plain_progress_lines_during_training(make_spec, t
     save_spec(spec, path)
     res = CliRunner().invoke(app, ["train", str(path)])  # CliRunner's stdout is not a terminal
     assert res.exit_code == 0, res.output
-    print(res.output)
     lines = [line for line in res.output.splitlines() if line.startswith("train: ")]
     assert [line.split(" · ")[0] for line in lines[:-1]] == [f"train: {s}/4 steps ({s / 4:.0%})" for s in range(1, 5)]
     assert " steps/s · eta " in lines[0]

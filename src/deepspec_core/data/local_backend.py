@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from deepspec_core.data.regen import (
+from deepspec_core.data.backend import (
     Outcome,
     Sampling,
     TurnResult,

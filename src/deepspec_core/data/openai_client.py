@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from deepspec_core.data.regen import Outcome, Sampling, TurnResult, conversation_turns, turn_seed
+from deepspec_core.data.backend import Outcome, Sampling, TurnResult, conversation_turns, turn_seed
 from deepspec_core.data.tokenize import split_thinking
 from deepspec_core.errors import ServerError
 

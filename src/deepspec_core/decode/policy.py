@@ -82,7 +82,7 @@ def _scaled(c: float, temperature: float) -> float:
 def profile_sps(model: Any, max_tokens: int, context: int = 256, repeats: int = 5) -> tuple[float, ...]:
     """SPS(B) for B = 1..max_tokens: verification forwards per second of the target reading B new
     tokens after a KV cache of ``context`` tokens (median of ``repeats`` timings, after a warm-up)."""
-    from deepspec_core.decode.speculative import crop_cache, new_cache
+    from deepspec_core.decode.kvcache import crop_cache, new_cache
     from deepspec_core.targets.hf import capture_features
 
     device = next(model.parameters()).device

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepspec_core.decode.kvcache import crop_cache, new_cache
 from deepspec_core.decode.policy import DraftLength
 from deepspec_core.decode.rounds import RoundOutcome
 from deepspec_core.drafts.base import Drafter
@@ -132,25 +133,6 @@ def lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     logits = get_lm_head(model)(hidden)
     cap = getattr(text_config(model.config), "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
-
-
-def new_cache(model: nn.Module) -> Any:
-    from transformers import DynamicCache
-
-    try:
-        cache = DynamicCache(config=model.config)
-    except TypeError:  # older transformers
-        cache = DynamicCache()
-    if hasattr(cache, "activate_past_recording"):
-        # Sliding-window layers would otherwise drop states that a rejected round must roll back to.
-        cache.activate_past_recording()
-    return cache
-
-
-def crop_cache(cache: Any, tokens_to_remove: int) -> None:
-    # crop(-n) removes n tokens in transformers 5 and means "length − n" in 4.x: the same thing.
-    if tokens_to_remove > 0:
-        cache.crop(-tokens_to_remove)
 
 
 # -- decoding ----------------------------------------------------------------------------------

@@ -467,6 +467,13 @@ class DraftModel(nn.Module):
         # DDP/FSDP wrap ``forward``; training calls the model like a function.
         return self.forward_train(batch)
 
+    def teacher_forced_logits(self, batch: DraftBatch, anchors: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """What ``propose`` computes, teacher forced: anchors (B, N) positions a ≥ 1 → draft logits
+        over the target vocabulary (B, N, k, V) where slot j predicts x_{a+1+j} from the tokens up to
+        x_a and the target features of those before a (x_a is the decoder's ``last_token``). The
+        one entry point tests use to compare an algorithm's decoding with its training."""
+        raise NotImplementedError
+
     def start(self, input_ids: torch.Tensor, aux_hidden: torch.Tensor) -> None:  # pragma: no cover
         raise NotImplementedError
 

@@ -157,6 +157,9 @@ class DFlashDraft(DraftModel):
         prev = ids.gather(1, pos.reshape(ids.shape[0], -1)).view_as(pos)  # x_{a+k−1}
         return self.full_vocab_logits(self.row_logits(*self.row_inputs(hidden, prev)).float())
 
+    def teacher_forced_logits(self, batch: DraftBatch, anchors: torch.Tensor) -> torch.Tensor:
+        return self.block_logits(batch, anchors)
+
     def row_inputs(self, hidden: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-prediction inputs of ``row_logits``: (B, N, γ, ·) tensors. DFlash: the hidden state only."""
         return (hidden,)

@@ -115,12 +115,18 @@ class Eagle3Draft(DraftModel):
             hidden = out
 
     @torch.no_grad()
-    def teacher_forced_logits(self, batch: DraftBatch) -> torch.Tensor:
+    def ttt_logits(self, batch: DraftBatch) -> torch.Tensor:
         """Draft logits over the target vocabulary (B, T, steps, V): step i at t predicts x_{t+2+i}."""
         outs = []
         for _, out in self._ttt(batch):
             outs.append(self.full_vocab_logits(self._logits(out).float()))
         return torch.stack(outs, 2)
+
+    def teacher_forced_logits(self, batch: DraftBatch, anchors: torch.Tensor) -> torch.Tensor:
+        # Anchor a is read at position a − 1 (features h_{a−1} with the embedding of x_a).
+        logits = self.ttt_logits(batch)  # (B, T, S, V)
+        rows = (anchors - 1)[..., None, None].expand(-1, -1, *logits.shape[2:])
+        return logits.gather(1, rows)  # (B, N, S, V)
 
     def _loss_rows(
         self, lm: torch.Tensor, lengths: torch.Tensor, valid: torch.Tensor

@@ -8,12 +8,12 @@ math500, humaneval, mbpp, lbpp and mt-bench, each already the reference's subset
 the reference's order, so their content hashes equal a full-file run's) — what the demo and
 offline tests use.
 
-Selection follows the reference's evaluation (DeepSpec ``eval.py``): when a file has more prompts
-than the benchmark's sample count, ``random.Random(980406).shuffle(rows)`` and the first N, in that
-shuffled order; otherwise every row in file order. ``limit`` then takes the first N of the
-selection, so a limited run evaluates a prefix of the full run's prompts. Only the first user turn
-of each row is decoded (mt-bench included) unless ``all_turns``; the content hash covers exactly
-the turns decoded.
+Selection follows the reference's evaluation (docs/evaluation.md, the protocol): when a file has
+more prompts than the benchmark's sample count, ``random.Random(980406).shuffle(rows)`` and the
+first N, in that shuffled order; otherwise every row in file order. ``limit`` then takes the first
+N of the selection, so a limited run evaluates a prefix of the full run's prompts. Only the first
+user turn of each row is decoded (mt-bench included) unless ``all_turns``; the content hash covers
+exactly the turns decoded.
 
 Hub sources (dataset id, config, split → field):
 

@@ -3,8 +3,8 @@
 For each draft position j, over the rounds that judged j (:mod:`deepspec_core.decode.rounds`):
 the prediction is the cumulative product a_j = Π_{i≤j} c_i of the round's confidences (raw, or
 scaled by the STS temperatures), the label whether at least j drafted tokens were accepted. Reported
-as the reference does (DeepSpec ``eval/dspark/confidence_head.py``: 20-bin ECE, AUC, Brier), plus
-the 15-bin ECE the DSpark paper's STS minimises.
+as docs/algorithms.md (Calibration) describes: the reference evaluation's 20-bin ECE, AUC and Brier
+score, plus the 15-bin ECE that STS minimises.
 """
 
 from __future__ import annotations
