@@ -50,46 +50,6 @@ def test_the_layers_import_only_downwards():
     assert broken == []
 
 
-def module_graph() -> dict[str, set[str]]:
-    """deepspec_core module → the deepspec_core modules it imports (anywhere in the file)."""
-    paths = {".".join(p.relative_to(CORE.parent).with_suffix("").parts).removesuffix(".__init__"): p
-             for p in CORE.rglob("*.py")}
-    graph = {}
-    for name, path in paths.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                deps.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1]]) if node.level else ""
-                module = ".".join(x for x in (base, node.module or "") if x)
-                deps.update([module, *(f"{module}.{a.name}" for a in node.names)])
-        graph[name] = {d for d in deps if d in paths and d != name}
-    return graph
-
-
-# profile_sps (decode/policy.py) times the decoder's own cache calls, imported inside the function.
-KNOWN_CYCLES = [{"deepspec_core.decode.policy", "deepspec_core.decode.speculative"}]
-
-
-def test_no_import_cycles_between_modules():
-    graph = module_graph()
-    assert {"deepspec_core.data.backend", "deepspec_core.data.regen"} <= set(graph)
-
-    def reach(start: str) -> set[str]:
-        seen, todo = set(), [start]
-        while todo:
-            for nxt in graph[todo.pop()] - seen:
-                seen.add(nxt)
-                todo.append(nxt)
-        return seen
-
-    reachable = {m: reach(m) for m in graph}
-    cycles = {frozenset({m} | {o for o in reachable[m] if m in reachable[o]}) for m in graph if m in reachable[m]}
-    assert [sorted(c) for c in cycles if set(c) not in KNOWN_CYCLES] == []
-
-
 def _module(path: Path) -> str:
     parts = list(path.relative_to(CORE.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from deepspec_cli import compare_cmd, data_cmd, demo_cmd, eval_cmd, spec_cmd, target_cmd, train_cmd
+from deepspec_cli import compare_cmd, data_cmd, demo_cmd, eval_cmd, export_cmd, spec_cmd, target_cmd, train_cmd
 from deepspec_core import __version__
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.add_typer(data_cmd.app, name="data")
 app.command("compare")(compare_cmd.compare_command)
 app.command("train")(train_cmd.train)
 app.command("eval")(eval_cmd.eval_command)
+app.command("export")(export_cmd.export_command)
 app.command("demo")(demo_cmd.demo_command)
 
 

@@ -44,5 +44,9 @@ class CheckpointError(DeepspecError):
     """A run directory or checkpoint cannot be used as asked."""
 
 
+class ExportError(DeepspecError):
+    """A draft cannot be exported to a serving format, or an export fails its own checks."""
+
+
 class ServerError(DeepspecError):
     """An inference server cannot be reached or keeps failing."""

@@ -64,6 +64,25 @@ class RunDir:
         return self.spec_path.is_file()
 
 
+def resolve_checkpoint(path: Path | str) -> tuple[Path, Path | None]:
+    """A run directory (→ its latest checkpoint) or a step directory → (step dir, run dir or None)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(
+            f"draft checkpoint {p} does not exist", "pass a run directory or one of its step_<N> directories"
+        )
+    if (p / "model.safetensors").is_file():
+        run = p.parent if (p.parent / "spec.toml").is_file() else None
+        return p, run
+    latest = RunDir(p).latest()
+    if latest is None or not (latest / "model.safetensors").is_file():
+        raise CheckpointError(
+            f"{p} holds no checkpoint (no step_<N>/model.safetensors)",
+            "train first, or pass a step directory",
+        )
+    return latest, p
+
+
 CONFIG_FORMAT = 2  # 1: config.json informational, the draft rebuilt from a draft.toml beside it
 
 

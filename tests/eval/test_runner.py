@@ -14,9 +14,10 @@ from deepspec_core.decode.speculative import target_generate
 from deepspec_core.distributed import free_port
 from deepspec_core.drafts import DRAFTS
 from deepspec_core.errors import CheckpointError
-from deepspec_core.eval.loading import load_draft, resolve_checkpoint
+from deepspec_core.eval.loading import load_draft
 from deepspec_core.eval.metrics import EvalResults
 from deepspec_core.eval.runner import evaluate
+from deepspec_core.runs import resolve_checkpoint
 from deepspec_core.spec import RunSpec, algorithms, save_spec
 
 pytestmark = pytest.mark.integration

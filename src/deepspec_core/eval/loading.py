@@ -30,32 +30,12 @@ class LoadedDraft:
     run_dir: Path | None
 
 
-def resolve_checkpoint(path: Path | str) -> tuple[Path, Path | None]:
-    """A run directory (→ its latest checkpoint) or a step directory → (step dir, run dir or None)."""
-    from deepspec_core.runs import RunDir
-
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CheckpointError(
-            f"draft checkpoint {p} does not exist", "pass a run directory or one of its step_<N> directories"
-        )
-    if (p / "model.safetensors").is_file():
-        run = p.parent if (p.parent / "spec.toml").is_file() else None
-        return p, run
-    latest = RunDir(p).latest()
-    if latest is None or not (latest / "model.safetensors").is_file():
-        raise CheckpointError(
-            f"{p} holds no checkpoint (no step_<N>/model.safetensors)",
-            "train first, or pass a step directory",
-        )
-    return latest, p
-
-
 def load_draft(path: Path | str, target: str | None = None, device: str = "auto") -> LoadedDraft:
     """Rebuild a trained draft through :func:`deepspec_core.assembly.assemble`: its spec from the
     checkpoint's ``config.json`` (over the run's spec, which carries the eval defaults), the target
     loaded for decoding, the trained weights. ``target`` overrides the spec's target model."""
     from deepspec_core.assembly import assemble, checkpoint_spec
+    from deepspec_core.runs import resolve_checkpoint
     from deepspec_core.spec import load_spec
 
     device = join_processes(device)
