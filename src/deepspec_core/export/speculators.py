@@ -105,6 +105,9 @@ def vllm_export(draft: Any, spec: Any, target_config: Any, target_path: str,
     Raises ExportError for drafts vLLM would load without error and compute differently."""
     algo, d = spec.draft.algo, spec.draft
     _refuse_unservable(draft, "vLLM")
+    if algo == "dspark" and d.sequential_head == "rnn":
+        raise ExportError("vLLM's DSpark has the vanilla Markov head only, not the rnn head",
+                          "train with draft.sequential_head = 'markov'")
     tl = layer_config(draft, target_config)
     family = tl["model_type"]
     tensors = rename(draft.trainable_state_dict(), algo)
@@ -125,9 +128,6 @@ def vllm_export(draft: Any, spec: Any, target_config: Any, target_path: str,
         if family != "qwen3":
             raise ExportError(f"vLLM's DFlash/DSpark layers are Qwen3 layers (with q/k norms); this draft's are {family}",
                               "train for a Qwen3-family target (or a target deepspec drafts with Qwen3 layers)")
-        if algo == "dspark" and d.sequential_head == "rnn":
-            raise ExportError("vLLM's DSpark has the vanilla Markov head only, not the rnn head",
-                              "train with draft.sequential_head = 'markov'")
         anchor = d.predict_from_anchor
         kind = "dspark" if (algo == "dspark" or anchor) else "dflash"
         k = k or d.block_size
