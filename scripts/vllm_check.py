@@ -110,6 +110,8 @@ def load(export_dir: str, result_path: str) -> None:
                       if (p.isnan().any().item() if p.dtype.is_floating_point else (p == -1).all().item()))
     broken = []
     for name, t in tensors.items():
+        if name == "t2d":  # vLLM derives it from d2t and drops it (speculators reads it)
+            continue
         parts = name.split(".")
         if parts[0] == "layers" and parts[3] in ("q_proj", "k_proj", "v_proj"):
             attn = model.model.layers[int(parts[1])].self_attn
