@@ -26,6 +26,7 @@ RULES = {  # package of core → packages it must never import
     # what algorithm files build their specs on loads no torch and knows no algorithm
     "specbase.py": ("torch", "deepspec_core.drafts", "deepspec_core.train", "deepspec_core.eval",
                     "deepspec_core.cache", "deepspec_core.spec"),
+    "export": ("deepspec_core.train", "deepspec_core.eval", "deepspec_core.cache"),
     "presets.py": ("deepspec_core.spec", "deepspec_core.train", "deepspec_core.eval", "deepspec_core.cache"),
 }
 

@@ -71,7 +71,7 @@ def render(r: EvalResults) -> list[Table]:
 @handle_errors
 def eval_command(
     draft: Path = typer.Option(
-        ..., "--draft", help="Run directory (its latest checkpoint) or a step_<N> directory."
+        ..., "--draft", help="Run directory (its latest checkpoint), a step_<N> directory, or a speculators-format directory (deepspec export, or a public draft)."
     ),
     target: str | None = typer.Option(
         None, "--target", help="Target to verify with (default: the draft's own)."

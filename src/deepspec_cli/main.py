@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from deepspec_cli import compare_cmd, data_cmd, demo_cmd, eval_cmd, export_cmd, spec_cmd, target_cmd, train_cmd
+from deepspec_cli import (
+    compare_cmd,
+    data_cmd,
+    demo_cmd,
+    eval_cmd,
+    export_cmd,
+    spec_cmd,
+    target_cmd,
+    train_cmd,
+)
 from deepspec_core import __version__
 
 app = typer.Typer(

@@ -9,6 +9,7 @@ anyway (online features, decoding), else straight from its safetensors — and b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,17 @@ class Assembly:
 
 
 def assemble(
-    spec: RunSpec, device: torch.device | str, *, load_target: bool, weights_dir: Path | None = None
+    spec: RunSpec,
+    device: torch.device | str,
+    *,
+    load_target: bool,
+    weights_dir: Path | None = None,
+    weights: Callable[[Any], dict[str, torch.Tensor]] | None = None,
 ) -> Assembly:
     """Target checks, frozen target tensors and the draft for ``spec`` on ``device``.
 
-    ``weights_dir`` (a ``step_<N>`` directory) loads its trained weights into the draft. Raises
+    ``weights_dir`` (a ``step_<N>`` directory) loads its trained weights into the draft; ``weights``
+    (a function of the built draft: an imported draft's tensors under our names) likewise. Raises
     SpecError when the spec does not fit the target, TargetError when the target's weights cannot
     be read, CheckpointError when the weights do not fit the draft.
     """
@@ -59,6 +66,8 @@ def assemble(
         from deepspec_core.runs import load_weights
 
         draft.load_trainable_state_dict(load_weights(weights_dir))
+    if weights is not None:
+        draft.load_trainable_state_dict(weights(draft))
     draft.to(device)
     return Assembly(spec, config, target_path, draft, target)
 

@@ -21,6 +21,7 @@ the backward: the full-vocabulary target matmul is then most of the cost, and Vd
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -94,7 +95,8 @@ def target_view(
                           torch.logsumexp(logits, dim=-1), logits.argmax(-1)))
     if len(parts) == 1:
         return parts[0]
-    return tuple(torch.cat(p) for p in zip(*parts, strict=True))
+    logits_d, lse, top = (torch.cat(p) for p in zip(*parts, strict=True))
+    return logits_d, lse, top
 
 
 def _fused_terms(
@@ -191,21 +193,26 @@ def vocab_terms(
     results: dict[str, list[torch.Tensor]] = {name: [] for name in want}
     for start in range(0, n, chunk_rows):
         sl = slice(start, min(n, start + chunk_rows))
+        view: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | Callable[[], tuple[torch.Tensor, ...]]
         if target is not None:
-            view = tuple(x[sl] for x in target)
-        elif draft_ids is not None:
-            # A reduced head is cheap next to the (c, V) target matmul: compute the target once and
-            # keep its (c, Vd) view for the backward instead of recomputing it.
-            view = target_view(target_hidden[sl], target_weight, softcap, draft_ids)
+            p_logits_d, lse, p_top = target
+            view = (p_logits_d[sl], lse[sl], p_top[sl])
         else:
-            def view(th=target_hidden[sl]):
-                return target_view(th, target_weight, softcap, None)
-        args = (draft_logits_fn, want, grad_terms, draft_ids, view,
-                None if labels is None else labels[sl], fused, *(x[sl] for x in draft_inputs))
+            assert target_hidden is not None, "vocab_terms needs target_hidden when no target view is given"
+            if draft_ids is not None:
+                # A reduced head is cheap next to the (c, V) target matmul: compute the target once and
+                # keep its (c, Vd) view for the backward instead of recomputing it.
+                view = target_view(target_hidden[sl], target_weight, softcap, draft_ids)
+            else:
+                view = functools.partial(target_view, target_hidden[sl], target_weight, softcap, None)
+        chunk_labels = None if labels is None else labels[sl]
+        chunk_inputs = [x[sl] for x in draft_inputs]
         if need_grad:
-            outs = checkpoint(_terms_of_chunk, *args, use_reentrant=False)
+            outs = checkpoint(_terms_of_chunk, draft_logits_fn, want, grad_terms, draft_ids, view,
+                              chunk_labels, fused, *chunk_inputs, use_reentrant=False)
         else:
-            outs = _terms_of_chunk(*args)
+            outs = _terms_of_chunk(draft_logits_fn, want, grad_terms, draft_ids, view,
+                                   chunk_labels, fused, *chunk_inputs)
         for name, value in zip(want, outs, strict=True):
             results[name].append(value)
     if n == 0:

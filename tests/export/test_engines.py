@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import MAX_NEW, PROMPTS
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 ENGINE_PY = Path(os.environ.get("DEEPSPEC_ENGINE_VENV", Path.home() / ".cache" / "deepspec" / "engine-venv")) / "bin" / "python"
-MAX_NEW = 32
-PROMPTS = 6
 # τ two ways: vLLM's 1 + accepted / drafts against deepspec's committed-token τ. They count the same
 # rounds, but deepspec decodes with the fp32 checkpoint and vLLM with the bf16 export, and deepspec
 # credits no bonus token after an accepted EOS: measured gap 0.02–0.07 (docs/serving.md).
@@ -45,34 +45,18 @@ def _engine_run(*args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_target, chat_file, tmp_path_factory):
-    """Train Eagle3 and original-layout DFlash briefly, evaluate them with deepspec, export them, and
-    serve the same prompts with vLLM: target-only and with each draft."""
+def served(trained, tmp_path_factory):
+    """The same prompts served by vLLM: target-only and with each exported draft."""
     engine()
-    from deepspec_core.eval.runner import evaluate
-    from deepspec_core.export import export_draft
-    from deepspec_core.spec import load_spec
-    from deepspec_core.train.loop import Runtime, train
-
-    out = tmp_path_factory.mktemp("engines")
-    runs, evals, exports = {}, {}, {}
-    for algo, extra in [("eagle3", []), ("dflash", ["draft.predict_from_anchor=false"])]:
-        spec = load_spec(f"tiny-{algo}", [
-            f"target.model='{tiny_target}'", f"data.train=['{chat_file}']", "data.max_length=96",
-            "cache.online=true", f"output.root='{out}'", "train.global_batch_size=8", "train.micro_batch_size=8",
-            "train.val_samples=0", "train.max_steps=40", "train.save_every=40", "train.val_every=40",
-            "train.tensorboard=false", "train.num_workers=0", *extra])
-        runs[algo] = train(spec, Runtime(progress=False, say=lambda _line: None, device="cpu")).run_dir
-        evals[algo] = evaluate(runs[algo], benchmarks="humaneval", limit=PROMPTS, temperature=0.0,
-                               max_new_tokens=MAX_NEW, data_dir="packaged", save_outputs=True, progress=False,
-                               plots=False)
-        exports[algo] = export_draft(runs[algo], "vllm", out / f"export-{algo}")
+    out = tmp_path_factory.mktemp("vllm")
+    evals = {a: t.evaluation for a, t in trained.items()}
     rows = [json.loads(line) for line in (evals["eagle3"].out_dir / "outputs" / "humaneval.jsonl").read_text().splitlines()]
-    request = {"target": str(tiny_target), "drafts": {a: str(e.out_dir) for a, e in exports.items()},
+    request = {"target": str(trained["eagle3"].target), "drafts": {a: str(t.export.out_dir) for a, t in trained.items()},
                "prompts": [r["prompt_ids"] for r in rows], "max_tokens": MAX_NEW}
     (out / "request.json").write_text(json.dumps(request))
     _engine_run("generate", str(out / "request.json"), str(out / "result.json"))
-    return {"vllm": json.loads((out / "result.json").read_text()), "evals": evals, "exports": exports}
+    return {"vllm": json.loads((out / "result.json").read_text()), "evals": evals,
+            "exports": {a: t.export for a, t in trained.items()}}
 
 
 @pytest.mark.parametrize("algo", ["eagle3", "dflash"])

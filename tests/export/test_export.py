@@ -159,3 +159,21 @@ def test_vllm_refusals_name_the_reason(checkpoint, tmp_path):
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     res = cli.invoke(app, ["export", str(step), "--format", "tgi", "--out", str(tmp_path / "c")])
     assert res.exit_code == 1 and "unknown --format" in res.output
+
+
+@pytest.mark.parametrize("algo", ["eagle3", "dflash"])
+def test_an_export_imported_back_scores_the_same_tau(trained, tmp_path, algo):
+    """`deepspec eval --draft EXPORT_DIR` reads the speculators format: same protocol, same rounds."""
+    from conftest import MAX_NEW, PROMPTS
+
+    t = trained[algo]
+    res = CliRunner().invoke(app, ["eval", "--draft", str(t.export.out_dir), "--benchmarks", "humaneval",
+                                   "--limit", str(PROMPTS), "--max-new-tokens", str(MAX_NEW), "--temperature", "0",
+                                   "--data-dir", "packaged", "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    imported = json.loads((tmp_path / "ev" / "results.json").read_text())
+    ours = t.evaluation.results
+    assert imported["protocol"]["algorithm"] == algo
+    assert imported["protocol"]["num_draft_tokens"] == ours.protocol.num_draft_tokens
+    mine, theirs = ours.benchmarks["humaneval"], imported["benchmarks"]["humaneval"]
+    assert theirs["accept_length_counts"] == mine.accept_length_counts and theirs["tau"] == mine.tau

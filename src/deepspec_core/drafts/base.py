@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import torch
 from torch import nn
@@ -37,6 +37,9 @@ from deepspec_core.registry import Registry
 from deepspec_core.specbase import DraftSpecBase
 
 from .layers import family_of, text_config
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # ---------------------------------------------------------------------------------------------
 # data types
@@ -128,10 +131,11 @@ class Proposal:
         confidences: list[torch.Tensor] | None = None,
     ) -> Proposal:
         """Stack per-step (B,) tokens / probs and (B, V) distributions (None when greedy) along k."""
+        known = [d for d in dists if d is not None]
         return cls(
             tokens=torch.stack(tokens, 1),
             probs=torch.stack(probs, 1),
-            dists=None if any(d is None for d in dists) else torch.stack(dists, 1),
+            dists=torch.stack(known, 1) if len(known) == len(dists) else None,
             confidences=torch.stack(confidences, 1) if confidences else None,
         )
 
@@ -208,7 +212,11 @@ def sample_from_logits(
 
 
 def _weight(x: torch.Tensor | nn.Module) -> torch.Tensor:
-    return x.weight if isinstance(x, nn.Module) else x
+    if isinstance(x, nn.Module):
+        w = x.weight
+        assert isinstance(w, torch.Tensor)
+        return w
+    return x
 
 
 def frozen_weights_from_model(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,7 +226,8 @@ def frozen_weights_from_model(model: nn.Module) -> tuple[torch.Tensor, torch.Ten
 
         embed, head = hf.get_embed_tokens(model), hf.get_lm_head(model)
     except (ImportError, AttributeError):
-        embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+        hf_model = cast("PreTrainedModel", model)
+        embed, head = hf_model.get_input_embeddings(), hf_model.get_output_embeddings()
     return _weight(embed).detach(), _weight(head).detach()
 
 
@@ -287,6 +296,9 @@ class DraftModel(nn.Module):
 
     algo: ClassVar[str] = ""
     spec_class: ClassVar[type[DraftSpecBase]]
+    # Buffers of a reduced draft vocabulary, registered by init_draft_vocab (absent otherwise).
+    d2t: torch.Tensor
+    t2d: torch.Tensor
 
     def __init__(self, draft_spec, target_spec, target_config, embed_weight, lm_head_weight):
         super().__init__()
@@ -382,17 +394,20 @@ class DraftModel(nn.Module):
                 if module.weight.is_meta:
                     continue
                 nn.init.normal_(module.weight, mean=0.0, std=std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+                bias = getattr(module, "bias", None)
+                if bias is not None:
+                    nn.init.zeros_(bias)
         if self.draft_head is not None:
             self._init_draft_head()
 
     @torch.no_grad()
     def _init_draft_head(self) -> None:
-        if self.draft_head.weight.is_meta:
+        head, ids = self.draft_head, self.draft_ids
+        assert head is not None and ids is not None, "only a reduced draft vocabulary has a draft head"
+        if head.weight.is_meta:
             return
-        w = self.target_head.weight[self.draft_ids.to(self.target_head.weight.device)]
-        self.draft_head.weight.copy_(w.to(self.draft_head.weight.dtype))
+        w = self.target_head.weight[ids.to(self.target_head.weight.device)]
+        head.weight.copy_(w.to(head.weight.dtype))
 
     def vocab_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Draft logits (…, Vd) of normed hidden states: the reduced head, or the frozen target head."""
@@ -409,10 +424,11 @@ class DraftModel(nn.Module):
 
     def full_vocab_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Draft logits (…, Vd) spread over the target vocabulary (…, V), −inf off the draft vocabulary."""
-        if self.draft_head is None:
+        ids = self.draft_ids
+        if ids is None:
             return logits
         full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
-        return full.index_copy_(-1, self.draft_ids, logits)
+        return full.index_copy_(-1, ids, logits)
 
     def to_draft_labels(self, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
         """Target ids → draft-vocabulary indices; ids outside the draft vocabulary → ``ignore_index``."""

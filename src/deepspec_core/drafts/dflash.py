@@ -22,14 +22,14 @@ rest of the embedding); when it is unset the draft learns its own mask embedding
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from deepspec_core import losses
-from deepspec_core.specbase import BlockDraftSpec
+from deepspec_core.specbase import BlockDraftSpec, DraftSpecBase
 
 from .base import DRAFTS, DraftBatch, DraftLoss, DraftModel, Proposal, block_metrics
 from .layers import DraftLayer, FeatureFusion, Rotary, cat_kv, draft_layer_config
@@ -62,7 +62,7 @@ class DFlashSpec(BlockDraftSpec):
 @DRAFTS.register("dflash")
 class DFlashDraft(DraftModel):
     algo = "dflash"
-    spec_class = DFlashSpec
+    spec_class: ClassVar[type[DraftSpecBase]] = DFlashSpec
 
     def __init__(self, draft_spec, target_spec, target_config, embed_weight, lm_head_weight):
         super().__init__(draft_spec, target_spec, target_config, embed_weight, lm_head_weight)
@@ -239,7 +239,10 @@ class DFlashDraft(DraftModel):
         mask = torch.ones(1, 1, s, n + s, dtype=torch.bool, device=block.device)
         hidden = self.prediction_slots(self.backbone(block, pos, self._ctx_kv, mask))[:, :k]  # (B, k, H)
         prop = self.sample_block(hidden, last_token, temperature, generator, policy)
-        return prop if policy is None else prop.head(policy.length(prop.confidences[0].tolist()))
+        if policy is None:
+            return prop
+        assert prop.confidences is not None  # every sample_block reports confidences
+        return prop.head(policy.length(prop.confidences[0].tolist()))
 
     def sample_block(self, hidden: torch.Tensor, last_token: torch.Tensor, temperature: float,
                      generator: torch.Generator | None, policy: Any = None) -> Proposal:

@@ -105,7 +105,10 @@ class DSparkDraft(DFlashDraft):
             return prop
         b, k, _ = hidden.shape
         prev, state = last_token, None
-        tokens, probs, dists, confs = [], [], [], []
+        tokens: list[torch.Tensor] = []
+        probs: list[torch.Tensor] = []
+        dists: list[torch.Tensor | None] = []
+        confs: list[torch.Tensor] = []
         for i in range(k):
             h = hidden[:, i]
             c = torch.sigmoid(self.confidence(h, self.seq_head.token_embedding(prev))) if self.confidence else None

@@ -172,7 +172,7 @@ class Eagle3Draft(DraftModel):
             terms = losses.vocab_terms(
                 self._logits, (out.reshape(-1, h)[rows],), final[src] if view is None else None, self.target_head.weight,
                 want=("soft_ce", "tv", "correct"), grad_terms=("soft_ce",), draft_ids=self.draft_ids,
-                softcap=self.softcap, target=None if view is None else tuple(x[src] for x in view),
+                softcap=self.softcap, target=None if view is None else (view[0][src], view[1][src], view[2][src]),
                 fused=self.fused_losses,
             )
             loss = loss + float(weights[i]) * terms["soft_ce"].sum() / normaliser[i]
@@ -213,6 +213,7 @@ class Eagle3Draft(DraftModel):
         with their target features aux_hidden (B, m, K, H). The cache then covers positions up to
         n+m−2 and the features of the newest token wait for the next ``last_token``.
         """
+        assert self._pending is not None, "call start() before commit()"
         fused = self.fusion(aux_hidden)
         hidden = torch.cat([self._pending, fused[:, :-1]], dim=1)
         self._extend(tokens, hidden)
@@ -228,7 +229,10 @@ class Eagle3Draft(DraftModel):
         b = last_token.shape[0]
         kv, hidden, tok = self._kv, self._pending, last_token.view(b, 1)
         past = 0 if kv is None else kv[0][0].shape[2]
-        tokens, probs, dists, confs = [], [], [], []
+        tokens: list[torch.Tensor] = []
+        probs: list[torch.Tensor] = []
+        dists: list[torch.Tensor | None] = []
+        confs: list[torch.Tensor] = []
         for i in range(k):
             pos = torch.full((b, 1), past + i, device=hidden.device)
             mask = torch.ones(1, 1, 1, past + i + 1, dtype=torch.bool, device=hidden.device)

@@ -33,21 +33,32 @@ class LoadedDraft:
 def load_draft(path: Path | str, target: str | None = None, device: str = "auto") -> LoadedDraft:
     """Rebuild a trained draft through :func:`deepspec_core.assembly.assemble`: its spec from the
     checkpoint's ``config.json`` (over the run's spec, which carries the eval defaults), the target
-    loaded for decoding, the trained weights. ``target`` overrides the spec's target model."""
+    loaded for decoding, the trained weights. A speculators-format directory (``deepspec export``'s,
+    or a public draft's) is read the same way through :mod:`deepspec_core.export.importer`.
+    ``target`` overrides the spec's target model."""
     from deepspec_core.assembly import assemble, checkpoint_spec
+    from deepspec_core.export.importer import is_speculators_dir, speculators_spec, speculators_weights
     from deepspec_core.runs import resolve_checkpoint
-    from deepspec_core.spec import load_spec
+    from deepspec_core.spec import load_spec, spec_from_dict
 
     device = join_processes(device)
-    step, run = resolve_checkpoint(path)
-    spec = checkpoint_spec(step, base=load_spec(run / "spec.toml") if run is not None else None)
-    trained_for = spec.target.model
+    p = Path(path).expanduser()
+    if p.is_dir() and is_speculators_dir(p):
+        step, run = p, None
+        spec = spec_from_dict(speculators_spec(p, target), source=str(p / "config.json"))
+        weights = {"weights": lambda draft: speculators_weights(p, draft)}
+        trained_for, target = spec.target.model, None
+    else:
+        step, run = resolve_checkpoint(p)
+        spec = checkpoint_spec(step, base=load_spec(run / "spec.toml") if run is not None else None)
+        weights = {"weights_dir": step}
+        trained_for = spec.target.model
     if target:
         spec = spec.model_copy(
             update={"target": spec.target.model_copy(update={"model": target, "revision": None})}
         )
     try:
-        parts = assemble(spec, device, load_target=True, weights_dir=step)
+        parts = assemble(spec, device, load_target=True, **weights)
     except CheckpointError as err:
         if not target:
             raise

@@ -15,8 +15,10 @@ results.json this package writes is validated against it before it is written.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.config import JsonDict
 
 from deepspec_core.decode.rounds import RoundOutcome
 
@@ -37,7 +39,7 @@ class BenchmarkInfo(_Model):
 
 # Marks a protocol field that does not change τ (what is evaluated, where, by which version):
 # compare never requires it to match. Every other field does, so a new field is compared by default.
-INFORMATIONAL = {"informational": True}
+INFORMATIONAL: JsonDict = {"informational": True}
 
 
 class Protocol(_Model):
@@ -97,7 +99,9 @@ class Protocol(_Model):
     def tau_fields(cls) -> list[str]:
         """The fields two results must agree on to be compared (all but the informational ones)."""
         return [
-            name for name, f in cls.model_fields.items() if not (f.json_schema_extra or {}).get("informational")
+            name
+            for name, f in cls.model_fields.items()
+            if not (isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("informational"))
         ]
 
 
@@ -191,7 +195,26 @@ def _ratio(num: int, den: int) -> float | None:
     return num / den if den else None
 
 
-def acceptance_counts(outcomes: Sequence[RoundOutcome], k: int) -> dict[str, list[int]]:
+class AcceptanceCounts(TypedDict):
+    """What :func:`acceptance_counts` returns (the count fields of :class:`BenchmarkResult`)."""
+
+    accept_length_counts: list[int]
+    position_judged: list[int]
+    position_reached: list[int]
+    position_accepted: list[int]
+
+
+class AcceptanceRatios(TypedDict):
+    """What :func:`acceptance_from_counts` returns (the fields of :class:`Acceptance`)."""
+
+    tau: float | None
+    rounds: int
+    acceptance_unconditional: list[float | None]
+    acceptance_conditional: list[float | None]
+    accept_length_frac: list[float]
+
+
+def acceptance_counts(outcomes: Sequence[RoundOutcome], k: int) -> AcceptanceCounts:
     """Histogram of committed lengths and per-position counts (judged / reached / accepted).
 
     Raises ValueError for a round outside the k-token chain (committed ∉ 1..k+1, judged > k).
@@ -214,7 +237,7 @@ def acceptance_counts(outcomes: Sequence[RoundOutcome], k: int) -> dict[str, lis
     }
 
 
-def acceptance_from_counts(counts: dict[str, list[int]]) -> dict[str, object]:
+def acceptance_from_counts(counts: AcceptanceCounts) -> AcceptanceRatios:
     """τ and per-position acceptance from :func:`acceptance_counts` (undefined ratios are None)."""
     lengths = counts["accept_length_counts"]
     rounds = sum(lengths)

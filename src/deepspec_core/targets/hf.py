@@ -10,12 +10,15 @@ import hashlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from deepspec_core.errors import TargetError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -149,7 +152,7 @@ def load_target(
     torch_dtype = resolve_dtype(dtype, dev)
     tokenizer = load_tokenizer(path, revision, chat_template, trust_remote_code)
     try:
-        net = AutoModelForCausalLM.from_pretrained(
+        net: nn.Module = AutoModelForCausalLM.from_pretrained(
             path, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code,
             local_files_only=_offline(path),
         )
@@ -197,12 +200,15 @@ def base_model(model: nn.Module) -> nn.Module:
     return base
 
 
-def get_embed_tokens(model: nn.Module) -> nn.Embedding:
-    return model.get_input_embeddings()
+# A target is a transformers PreTrainedModel; it travels typed as nn.Module.
+def get_embed_tokens(model: nn.Module) -> nn.Module:
+    """The input embedding (an ``nn.Embedding`` or a subclass of it)."""
+    return cast("PreTrainedModel", model).get_input_embeddings()
 
 
-def get_lm_head(model: nn.Module) -> nn.Linear:
-    return model.get_output_embeddings()
+def get_lm_head(model: nn.Module) -> nn.Module:
+    """The output projection (an ``nn.Linear``)."""
+    return cast("PreTrainedModel", model).get_output_embeddings()
 
 
 def tokenizer_hash(tokenizer: Any) -> str:
@@ -253,7 +259,7 @@ def capture_features(
     from ``attention_mask`` so that left padding does not shift real tokens' positions.
     """
     base = base_model(model)
-    layers = base.layers
+    layers = cast(nn.ModuleList, base.layers)  # base_model checked it exists
     bad = [i for i in layer_ids if not 0 <= i < len(layers)]
     if bad:
         raise TargetError(f"layer ids {bad} are beyond the target's depth ({len(layers)} decoder layers)")

@@ -1,0 +1,44 @@
+"""Drafts trained briefly on the tiny target, evaluated by deepspec and exported: shared by the
+import test and the vLLM tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+MAX_NEW = 32
+PROMPTS = 6
+
+
+@dataclass
+class Trained:
+    target: Path
+    run_dir: Path
+    evaluation: Any  # EvalResult of `deepspec eval` on PROMPTS humaneval prompts, greedy, outputs saved
+    export: Any  # Exported (vLLM format)
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_target, chat_file, tmp_path_factory) -> dict[str, Trained]:
+    """Eagle3 and original-layout DFlash (the two vLLM serves on a CPU), 40 steps each."""
+    from deepspec_core.eval.runner import evaluate
+    from deepspec_core.export import export_draft
+    from deepspec_core.spec import load_spec
+    from deepspec_core.train.loop import Runtime, train
+
+    out = tmp_path_factory.mktemp("trained")
+    found = {}
+    for algo, extra in [("eagle3", []), ("dflash", ["draft.predict_from_anchor=false"])]:
+        spec = load_spec(f"tiny-{algo}", [
+            f"target.model='{tiny_target}'", f"data.train=['{chat_file}']", "data.max_length=96",
+            "cache.online=true", f"output.root='{out}'", "train.global_batch_size=8", "train.micro_batch_size=8",
+            "train.val_samples=0", "train.max_steps=40", "train.save_every=40", "train.val_every=40",
+            "train.tensorboard=false", "train.num_workers=0", *extra])
+        run = train(spec, Runtime(progress=False, say=lambda _line: None, device="cpu")).run_dir
+        ev = evaluate(run, benchmarks="humaneval", limit=PROMPTS, temperature=0.0, max_new_tokens=MAX_NEW,
+                      data_dir="packaged", save_outputs=True, progress=False, plots=False)
+        found[algo] = Trained(tiny_target, run, ev, export_draft(run, "vllm", out / f"export-{algo}"))
+    return found
