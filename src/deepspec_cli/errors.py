@@ -50,10 +50,12 @@ def report(exc: BaseException) -> int:
 
 
 def crash_log(exc: BaseException) -> Path:
-    """Write the traceback of ``exc`` to ``$DEEPSPEC_HOME/logs/crash-<time>.log``; return its path."""
+    """Write the traceback of ``exc`` to ``crash-<time>.log`` in the run directory of the job that
+    crashed (``exc.log_dir``, set by training), else in ``$DEEPSPEC_HOME/logs``; return its path."""
     from deepspec_core.paths import home
 
-    path = home() / "logs" / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    folder = getattr(exc, "log_dir", None) or home() / "logs"
+    path = Path(folder) / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"deepspec {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(exc)))

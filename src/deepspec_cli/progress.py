@@ -128,7 +128,8 @@ class RichProgress:
             self._bars.start()
         bars = self._bars
         assert bars is not None
-        task = bars.add_task(name, total=total, completed=done, unit=unit, metrics="")
+        # rich annotates add_task's `completed` as int, but Task.completed and update() take float.
+        task = bars.add_task(name, total=total, completed=done, unit=unit, metrics="")  # type: ignore[arg-type]
         try:
             yield _RichStage(bars, task)
         finally:

@@ -309,7 +309,7 @@ def plot_comparison(c: Comparison, out_dir: Path) -> list[Path]:
                 continue
             k = min(len(x) for x in curves)
             # Positions no round reached are undefined: a gap in the line, not a 0.
-            known = [[x[j] for x in curves if x[j] is not None] for j in range(k)]
+            known = [[v for v in (x[j] for x in curves) if v is not None] for j in range(k)]
             mean = [sum(v) / len(v) if v else float("nan") for v in known]
             ax.plot(range(1, k + 1), mean, marker="o", label=e.name)
             ax.set_xticks(range(1, k + 1))

@@ -183,3 +183,26 @@ def test_ctrl_c_checkpoints_exits_130_and_shows_when_validation_was_measured(mak
     again = train(make_spec("dflash", "train.max_steps=400", "train.save_every=400", "train.val_every=400"),
                   Runtime(progress=False, say=lambda m: None, stop_after=step + 1))
     assert again.resumed_from == step
+
+
+def test_a_crash_in_training_leaves_its_traceback_beside_the_run(make_spec, tmp_path, monkeypatch):
+    """A bug five hours in (here: the schedule raising a plain TypeError once the run directory is
+    claimed) prints one line naming a crash log in the run directory, which holds the traceback."""
+    from typer.testing import CliRunner
+
+    from deepspec_cli.main import app
+    from deepspec_core.spec import save_spec
+    from deepspec_core.train import loop
+
+    def boom(*_a, **_k):
+        raise TypeError("shape bug deep inside")
+
+    monkeypatch.setattr(loop, "derive_schedule", boom)
+    monkeypatch.setenv("DEEPSPEC_DEBUG", "0")
+    spec = make_spec("dflash")
+    save_spec(spec, tmp_path / "spec.toml")
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "spec.toml")])
+    assert res.exit_code == 1 and "unexpected TypeError: shape bug deep inside" in res.output
+    logs = list(spec.run_dir().glob("crash-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in " ".join(res.output.split())
+    assert "in boom" in logs[0].read_text() and "Traceback" not in res.output

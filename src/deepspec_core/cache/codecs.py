@@ -172,8 +172,7 @@ class GroupIntZstd(TensorCodec):
     def decode(self, data: bytes, rows: int, cols: int) -> torch.Tensor:
         hp = self._padded(cols)
         groups = hp // self.group
-        raw = _unzstd(data)
-        raw = bytearray(raw)
+        raw = bytearray(_unzstd(data))
         scale = torch.frombuffer(raw, dtype=torch.int16, count=rows * groups).view(torch.bfloat16)
         packed = torch.frombuffer(raw, dtype=torch.uint8, offset=2 * rows * groups)
         q = self._pair_table()[packed.long()]  # (N·G·group/2, 2) signed codes, exact in bf16

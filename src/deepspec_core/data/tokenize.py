@@ -415,6 +415,7 @@ def iter_tokenized(
         elif sample is not None and sample.num_loss_tokens < min_loss_tokens:
             reason = "too few loss tokens"
         if reason is not None or sample is None:
+            assert reason is not None  # every path that leaves no sample names a reason
             stats.skipped[reason] += 1
             if on_skip:
                 on_skip(conv["id"], reason)

@@ -78,7 +78,8 @@ def calibration_report(
         sts_temperatures=list(temperatures) if temperatures else None,
         rounds=[len(v) for v in labels],
         ece15_raw=r["ece15"], ece20_raw=r["ece20"], auc_raw=r["auc"], brier_raw=r["brier"],
-        ece15_sts=s and s["ece15"], ece20_sts=s and s["ece20"], auc_sts=s and s["auc"], brier_sts=s and s["brier"],
+        ece15_sts=None if s is None else s["ece15"], ece20_sts=None if s is None else s["ece20"],
+        auc_sts=None if s is None else s["auc"], brier_sts=None if s is None else s["brier"],
     )
 
 

@@ -189,7 +189,10 @@ def num_hidden_layers(config: Any) -> int:
 
 def base_model(model: nn.Module) -> nn.Module:
     """The decoder stack (embeddings → layers → final norm) without the lm_head."""
-    base = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
+    if hasattr(model, "get_decoder"):
+        base = cast("PreTrainedModel", model).get_decoder()
+    else:
+        base = getattr(model, "model", model)
     if not hasattr(base, "layers") and hasattr(base, "language_model"):
         base = base.language_model
     if not hasattr(base, "layers") or not hasattr(base, "norm"):

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import torch
@@ -57,11 +58,15 @@ def launch_command(
     return cmd
 
 
+_Handler = Callable[[int, FrameType | None], Any] | int | None  # what signal.signal returns
+
+
 class StopRequest:
     """SIGTERM / SIGUSR1 (preemption) or a first Ctrl-C: finish the step, checkpoint, stop. A second Ctrl-C aborts."""
 
     def __init__(self, say: Callable[[str], None]):
-        self.say, self.requested, self._old = say, False, {}
+        self.say, self.requested = say, False
+        self._old: dict[signal.Signals, _Handler] = {}  # the handlers replaced, restored on exit
         self.signal: str | None = None  # the first signal received
 
     def _handle(self, signum: int, _frame: Any) -> None:

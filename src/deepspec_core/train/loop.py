@@ -24,7 +24,7 @@ from torch import nn
 
 from deepspec_core.distributed import DistEnv, detect_env, init_distributed, pick_device, shutdown_distributed
 from deepspec_core.drafts.base import FROZEN_PREFIXES
-from deepspec_core.errors import CheckpointError
+from deepspec_core.errors import CheckpointError, DeepspecError
 from deepspec_core.progress import Progress, as_progress
 from deepspec_core.runs import RunDir, checkpoint_config, load_weights
 from deepspec_core.spec import RunSpec, Schedule, TrainSpec, derive_schedule
@@ -160,6 +160,10 @@ def train(spec: RunSpec, runtime: Runtime | None = None) -> TrainResult:
     joined = init_distributed(env, device)
     try:
         return _train(spec, rt, env, device)
+    except Exception as exc:
+        if not isinstance(exc, DeepspecError) and spec.run_dir().is_dir():
+            exc.log_dir = spec.run_dir()  # type: ignore[attr-defined]  # the CLI's crash log goes beside the run
+        raise
     finally:
         if joined:
             shutdown_distributed()
