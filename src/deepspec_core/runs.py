@@ -105,6 +105,23 @@ def checkpoint_config(spec: Any, draft: Any, target_path: str) -> dict[str, Any]
     }
 
 
+def _from_format_1(old: dict[str, Any], draft_toml: Path) -> dict[str, Any]:
+    """A checkpoint of format 1 (its draft rebuilt from draft.toml), read as format 2."""
+    from deepspec_core.spec import tomllib  # tomli on Python 3.10
+
+    sections = tomllib.loads(draft_toml.read_text())
+    target = old.get("target", {})
+    return {
+        "deepspec_config_format": CONFIG_FORMAT,
+        "draft": sections["draft"],
+        "target": sections["target"],
+        "target_path": target.get("path", sections["target"]["model"]),
+        "hidden_size": target.get("hidden_size"),
+        "vocab_size": target.get("vocab_size"),
+        "draft_vocab_size": (old.get("draft") or {}).get("draft_vocab_size") or target.get("vocab_size"),
+    }
+
+
 def read_checkpoint_config(step_dir: Path) -> dict[str, Any]:
     """The ``config.json`` of a checkpoint. Raises CheckpointError when it is missing, unreadable,
     or of an older format."""
@@ -115,6 +132,8 @@ def read_checkpoint_config(step_dir: Path) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON ({err})", "the checkpoint is damaged: use another step") from None
+    if config.get("deepspec_config_format") is None and (step_dir / "draft.toml").is_file():
+        config = _from_format_1(config, step_dir / "draft.toml")
     if config.get("deepspec_config_format") != CONFIG_FORMAT:
         raise CheckpointError(
             f"{path} is of checkpoint format {config.get('deepspec_config_format', 1)}; this deepspec reads "

@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from deepspec_core import paths
 from deepspec_core.errors import SpecError
+from deepspec_core.registry import Registry
 from deepspec_core.specbase import DraftSpecBase, Section, check_draft_length
 
 if sys.version_info >= (3, 11):
@@ -203,7 +204,7 @@ class RunSpec(_Section):
     data: DataSpec = Field(default_factory=DataSpec, description="Training data.")
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Feature cache.")
     draft: SerializeAsAny[DraftSpecBase] = Field(
-        default_factory=lambda: draft_spec_class(DEFAULT_ALGO)(),
+        default_factory=lambda: draft_spec_class(DEFAULT_ALGO).model_validate({}),
         description="The draft model; `algo` picks the algorithm (its fields are documented in docs/algorithms.md).",
     )
     train: TrainSpec = Field(default_factory=TrainSpec, description="Optimisation.")
@@ -290,8 +291,11 @@ def check_registered(spec: RunSpec) -> None:
     from deepspec_core.cache.codecs import CODECS
     from deepspec_core.eval.benchmarks import BENCHMARKS
 
-    for field, value, registry in [("cache.codec", spec.cache.codec, CODECS),
-                                   *(("eval.benchmarks", b, BENCHMARKS) for b in spec.eval.benchmarks)]:
+    checks: list[tuple[str, str, Registry[Any]]] = [
+        ("cache.codec", spec.cache.codec, CODECS),
+        *(("eval.benchmarks", b, BENCHMARKS) for b in spec.eval.benchmarks),
+    ]
+    for field, value, registry in checks:
         if value not in registry:
             raise SpecError(f"{field}: unknown {registry.kind} {value!r}", f"choose one of: {', '.join(registry.names())}")
 

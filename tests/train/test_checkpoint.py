@@ -118,3 +118,29 @@ def test_metrics_after_the_resumed_step_are_dropped(tmp_path):
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (5, 10, 15)) + '{"step": 2')
     truncate_metrics(path, 10)
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [5, 10]
+
+
+def test_a_checkpoint_of_format_1_is_read_as_format_2(tmp_path):
+    """Checkpoints written before config.json became the single source (their draft rebuilt from a
+    draft.toml beside it) still load: the same target and draft sections come back."""
+    import tomli_w
+
+    from deepspec_core.assembly import checkpoint_spec
+    from deepspec_core.runs import read_checkpoint_config
+
+    spec = _spec(tmp_path, "draft.block_size=5")
+    step = tmp_path / "step_3"
+    step.mkdir()
+    (step / "config.json").write_text(json.dumps({
+        "deepspec_version": "0.1.0", "algo": "dflash", "draft": spec.draft.model_dump(mode="json"),
+        "target": {"model": "tiny", "path": "/somewhere/tiny", "layer_ids": [0, 1, 2], "mask_token_id": 5,
+                   "hidden_size": 256, "vocab_size": 4096}}))
+    (step / "draft.toml").write_text(tomli_w.dumps(spec.model_dump(mode="json", include={"target", "draft"},
+                                                                   exclude_none=True)))
+    config = read_checkpoint_config(step)
+    assert (config["target_path"], config["hidden_size"], config["draft_vocab_size"]) == ("/somewhere/tiny", 256, 4096)
+    back = checkpoint_spec(step)
+    assert back.draft == spec.draft and back.target == spec.target
+    (step / "draft.toml").unlink()
+    with pytest.raises(CheckpointError, match="format 1"):
+        read_checkpoint_config(step)

@@ -64,8 +64,9 @@ def iter_token_samples(
     stats: Any = None,
     drop_truncated: bool = False,
     heldout: Sequence[Path | str] = (),
-) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
-    """(conversation id, {input_ids, loss_mask}) over conversation files, in file order.
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(conversation id, {input_ids, loss_mask} tensors and truncated / heldout bools) over
+    conversation files, in file order.
 
     Skips (no assistant turn, too few loss tokens, ...) are counted in ``stats``
     (a :class:`deepspec_core.data.tokenize.TokenizeStats`). Samples of the ``heldout`` files (the
@@ -73,7 +74,7 @@ def iter_token_samples(
     """
     from deepspec_core.data.tokenize import iter_tokenized
 
-    heldout = {str(f) for f in heldout}
+    heldout_names = {str(f) for f in heldout}
     for path in files:
         for conv_id, s in iter_tokenized(path, tokenizer, max_length, thinking, min_loss_tokens, stats=stats,
                                          drop_truncated=drop_truncated):
@@ -82,7 +83,7 @@ def iter_token_samples(
                 "loss_mask": torch.tensor(s.loss_mask, dtype=torch.bool),
                 # counted by the cache plan; not tensors, never batched
                 "truncated": s.truncated,
-                "heldout": str(path) in heldout,
+                "heldout": str(path) in heldout_names,
             }
 
 

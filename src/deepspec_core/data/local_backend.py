@@ -44,7 +44,7 @@ def _row_sampler(sampling: Sampling, seeds: list[int], device: Any) -> Any:
     )
 
     # transformers' warpers, in the order its sampling applies them
-    warpers = [TemperatureLogitsWarper(sampling.temperature)]
+    warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(sampling.temperature)]
     if sampling.top_k:
         warpers.append(TopKLogitsWarper(sampling.top_k))
     if sampling.top_p < 1.0:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def new_cache(model: nn.Module) -> Any:
     from transformers import DynamicCache
 
     try:
-        cache = DynamicCache(config=model.config)
+        cache = DynamicCache(config=cast("PreTrainedModel", model).config)
     except TypeError:  # older transformers
         cache = DynamicCache()
     if hasattr(cache, "activate_past_recording"):

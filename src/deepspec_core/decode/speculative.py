@@ -227,7 +227,7 @@ def speculative_generate(
         else:
             prop = draft.propose(last, k, temperature, generator, policy=policy)
             if prop.confidences is None:
-                raise ValueError(f"the {draft_length.name} draft-length policy needs per-slot confidences; "
+                raise ValueError(f"the {policy.name} draft-length policy needs per-slot confidences; "
                                  "this draft reports none")
             prop = prop.head(policy.length(prop.confidences[0].tolist()))
         drafted = prop.tokens.shape[1]  # k, or fewer when the policy stopped the chain

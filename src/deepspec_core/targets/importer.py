@@ -113,7 +113,8 @@ def import_target(source: str | Path, out_dir: str | Path, gguf_file: str | None
 
     is_hf_dir = src.is_dir() and (src / "config.json").is_file() and not gguf_file
     if is_hf_dir:
-        quant, arch = [], json.loads((src / "config.json").read_text()).get("model_type", "?")
+        quant: list[str] = []
+        arch = json.loads((src / "config.json").read_text()).get("model_type", "?")
         model = AutoModelForCausalLM.from_pretrained(src, dtype=_DTYPES[dtype])
         tokenizer = AutoTokenizer.from_pretrained(src)
     else:

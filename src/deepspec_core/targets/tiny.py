@@ -115,7 +115,9 @@ def qwen3_config(r: TinyRecipe, tokenizer):
         head_dim=r.head_dim,
         intermediate_size=r.intermediate_size,
         max_position_embeddings=2048,
-        rope_theta=10000.0,
+        # transformers 5 takes the legacy rope_theta through **kwargs (into rope_parameters), which its
+        # dataclass signature does not show; 4.x has no rope_parameters.
+        rope_theta=10000.0,  # type: ignore[call-arg]
         tie_word_embeddings=True,
         bos_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
