@@ -39,6 +39,7 @@ def demo_command(
             say=lambda line: console.print(f"  {line}"),
         )
     console.rule("[bold]result")
+    assert res.comparison is not None and res.compare_dir is not None  # run_demo's last stage sets both
     console.print(render(res.comparison))
     console.print(f"report: {res.compare_dir / 'report.md'}")
     console.print(f"plots:  {', '.join(str(p) for p in sorted(res.compare_dir.glob('*.png')))}")  # speedup too

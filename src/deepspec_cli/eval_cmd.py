@@ -10,7 +10,7 @@ from rich.table import Table
 
 from deepspec_cli.errors import handle_errors
 from deepspec_cli.progress import progress_for
-from deepspec_core.eval.metrics import EvalResults
+from deepspec_core.eval.metrics import BenchmarkResult, EvalResults, MacroResult
 
 console = Console()
 
@@ -23,7 +23,7 @@ def render(r: EvalResults) -> list[Table]:
     """τ (and speed) per benchmark; conditional acceptance per draft position."""
     p = r.protocol
     k = p.num_draft_tokens
-    items = [*r.benchmarks.items(), ("macro", r.macro)]
+    items: list[tuple[str, BenchmarkResult | MacroResult]] = [*r.benchmarks.items(), ("macro", r.macro)]
     policy = p.draft_length + (f" {p.draft_length_threshold:g}" if p.draft_length_threshold is not None else "")
     main = Table(
         title=f"{p.algorithm}: τ (bonus included), T={p.temperature:g}, k={k} ({policy}), "
@@ -50,7 +50,8 @@ def render(r: EvalResults) -> list[Table]:
             if s is not None:
                 cells += [f"{s.target_tokens_per_s:.1f}", f"{s.spec_tokens_per_s:.1f}", f"{s.speedup:.2f}×"]
             else:
-                cells += ["", "", f"{res.speedup:.2f}×" if getattr(res, "speedup", None) else "–"]
+                macro_speedup = getattr(res, "speedup", None)  # the macro row's mean speedup
+                cells += ["", "", f"{macro_speedup:.2f}×" if macro_speedup else "–"]
         style = "bold" if name == "macro" else None
         main.add_row(*cells, style=style)
         pos.add_row(name, *(_num(a) for a in res.acceptance_conditional), style=style)
@@ -62,7 +63,7 @@ def render(r: EvalResults) -> list[Table]:
         for j in range(1, len(cal.rounds) + 1):
             t.add_column(str(j), justify="right")
         t.add_row("raw", *(f"{_num(e)} / {_num(a)}" for e, a in zip(cal.ece15_raw, cal.auc_raw, strict=True)))
-        if cal.ece15_sts is not None:
+        if cal.ece15_sts is not None and cal.auc_sts is not None:
             t.add_row("STS", *(f"{_num(e)} / {_num(a)}" for e, a in zip(cal.ece15_sts, cal.auc_sts, strict=True)))
         tables.append(t)
     return tables

@@ -47,7 +47,6 @@ def assemble(
     from deepspec_core.drafts import build_draft, frozen_weights_from_model, load_frozen_weights
     from deepspec_core.targets.hf import load_config, load_target_from_spec, resolve_dtype, resolve_model
 
-    device = torch.device(device) if isinstance(device, str) and device != "auto" else device
     target_path = resolve_model(spec.target.model)
     # Checks that need the target's config, before data, weights or the run directory are touched.
     config = load_config(spec.target)
@@ -58,6 +57,8 @@ def assemble(
         embed, head = frozen_weights_from_model(target.model)
         device = target.device
     else:
+        if not isinstance(device, torch.device):  # "auto" without a loaded target: the CPU
+            device = torch.device("cpu" if device == "auto" else device)
         embed, head = load_frozen_weights(
             local_weights_dir(target_path, spec.target.revision), dtype=resolve_dtype(spec.target.dtype, device)
         )

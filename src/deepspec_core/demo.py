@@ -8,15 +8,22 @@ themselves (regen by conversation id, the cache by shard, training from its last
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from deepspec_core.errors import SpecError
 from deepspec_core.progress import Progress, as_progress
 from deepspec_core.spec import RunSpec, algorithms, load_spec
+
+if TYPE_CHECKING:
+    from deepspec_core.compare import Comparison
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,8 @@ class DemoResult:
     runs: dict[str, Path] = field(default_factory=dict)
     results: dict[str, Path] = field(default_factory=dict)  # algorithm → results.json of its seed-0 run
     replicas: dict[str, list[Path]] = field(default_factory=dict)  # algorithm → results.json of every seed
-    compare_dir: Path | None = None
-    comparison: object = None
+    compare_dir: Path | None = None  # set, with comparison, by the last stage
+    comparison: Comparison | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -132,7 +139,7 @@ def run_demo(
     data.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out)
 
-    def timed(name: str, fn: Callable[[], object]) -> object:
+    def timed(name: str, fn: Callable[[], T]) -> T:
         stage(name)
         t0 = time.perf_counter()
         value = fn()
@@ -157,7 +164,7 @@ def run_demo(
         src, dst = data / f"{name}.jsonl", data / f"{name}.regen.jsonl"
         if not dst.exists():
             timed(f"regen: the target answers {src.name}",
-                  lambda s=src, d=dst: run_regen(s, d, settings, progress=progress, warn=say))
+                  functools.partial(run_regen, src, dst, settings, progress=progress, warn=say))
 
     if not (Path(first.cache_dir()) / "manifest.json").exists():
         timed("cache: target features → compressed shards", lambda: build_cache(first, progress=progress))
@@ -165,13 +172,14 @@ def run_demo(
     runs: dict[tuple[str, int], Path] = {}
     for (algo, seed), spec in specs.items():
         label = f"train: {algo}" + (f" (seed {seed})" if n_seeds > 1 else "")
-        runs[(algo, seed)] = timed(label, lambda s=spec: train(s, Runtime(progress=progress, say=say))).run_dir
+        runs[(algo, seed)] = timed(label, functools.partial(train, spec, Runtime(progress=progress, say=say))).run_dir
 
     for (algo, seed), run_dir in runs.items():
         found = sorted(run_dir.glob("eval/*/results.json"))
         if not found:
             label = f"eval: {algo}" + (f" (seed {seed})" if n_seeds > 1 else "") + " (τ and speed)"
-            ev = timed(label, lambda r=run_dir: evaluate(r, data_dir=packaged_prompts_dir(), speed=True, progress=progress))
+            ev = timed(label, functools.partial(evaluate, run_dir, data_dir=packaged_prompts_dir(), speed=True,
+                                                progress=progress))
             found = [ev.out_dir / "results.json"]
         result.replicas.setdefault(algo, []).append(found[-1])
     result.runs = {algo: runs[(algo, 0)] for algo in algos}

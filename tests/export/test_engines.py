@@ -39,7 +39,7 @@ def engine() -> Path:
 
 def _engine_run(*args: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "2", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    proc = subprocess.run([str(engine()), str(REPO / "scripts" / "vllm_check.py"), *args], env=env,
+    proc = subprocess.run([str(engine()), str(REPO / "scripts" / "engine_check.py"), *args], env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -85,17 +85,57 @@ def test_vllm_acceptance_agrees_with_deepspec_tau(served, algo):
     assert abs(tau_vllm - bench.tau) <= TAU_TOLERANCE
 
 
+def _speculators_check(export_dir: Path, tmp_path: Path, name: str) -> dict:
+    """Run speculators on an export; the reference logits come from the export read back by deepspec."""
+    import torch
+
+    from deepspec_core.drafts import DraftBatch
+    from deepspec_core.eval.loading import load_draft
+    from deepspec_core.targets.hf import capture_features
+
+    loaded = load_draft(export_dir, device="cpu")
+    tok, model, draft = loaded.target.tokenizer, loaded.target.model, loaded.draft
+    ids = torch.tensor([tok("def mean(xs):\n    return sum(xs) / len(xs)\n\nprint(mean([1, 2, 3]))\n" * 3)["input_ids"][:64]])
+    with torch.no_grad():
+        feats = capture_features(model, ids, layer_ids=list(draft.layer_ids))
+        batch = DraftBatch(ids, torch.ones_like(ids), torch.ones_like(ids, dtype=torch.bool), feats.aux_hidden,
+                           feats.final_hidden)
+        anchors = torch.tensor([[5, 20, 33, 47]])
+        ref = {"input_ids": ids, "aux": feats.aux_hidden, "final_hidden": feats.final_hidden, "anchors": anchors}
+        if draft.max_proposal() is not None:  # speculators' block forward is checked for block drafters
+            ref["logits"] = draft.teacher_forced_logits(batch, anchors)
+    torch.save(ref, tmp_path / f"{name}.pt")
+    _engine_run("speculators", str(export_dir), str(tmp_path / f"{name}.pt"), str(tmp_path / f"{name}.json"))
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("algo", ["eagle3", "dflash"])
+def test_speculators_loads_the_export_and_computes_our_block_logits(trained, tmp_path, algo):
+    engine()
+    report = _speculators_check(trained[algo].export.out_dir, tmp_path, algo)
+    assert report["unset"] == [] and report["not_as_written"] == [], report
+    if algo != "eagle3":
+        print(f"{algo}: speculators block logits max |diff| {report['block_logits_max_diff']:.2e}")
+        assert report["block_logits_max_diff"] < 1e-3 and report["argmax_agreement"] == 1.0
+
+
 def test_vllm_loads_every_tensor_of_a_dspark_export(make_spec, tmp_path):
     """vLLM's own DSpark class and load_weights on our export: nothing left unloaded but what vLLM
     shares from the target at run time, every tensor intact after its stacking."""
     engine()
+    import torch
+
     from deepspec_core.assembly import assemble
     from deepspec_core.export import export_draft
     from deepspec_core.runs import RunDir, checkpoint_config
     from deepspec_core.train.checkpoint import TrainState, save_checkpoint
 
-    spec = make_spec("dspark", "draft.draft_vocab_size=64")
+    spec = make_spec("dspark")
     parts = assemble(spec, "cpu", load_target=False)
+    with torch.no_grad():  # a trained-looking draft: the Markov head's W2 starts at zero
+        for p in parts.draft.parameters():
+            if p.requires_grad:
+                p.normal_(std=0.05)
     run = RunDir(spec.run_dir())
     run.path.mkdir(parents=True)
     step = save_checkpoint(run, TrainState(step=1), parts.draft.trainable_state_dict(),
@@ -105,4 +145,7 @@ def test_vllm_loads_every_tensor_of_a_dspark_export(make_spec, tmp_path):
     report = json.loads((tmp_path / "load.json").read_text())
     assert report["architecture"] == "Qwen3DSparkForCausalLM" and report["num_speculative_tokens"] == ex.k
     assert report["not_intact"] == []
-    assert set(report["unloaded"]) <= {"model.embed_tokens.weight", "model.mask_embedding"}  # shared / unused
+    assert set(report["unloaded"]) <= {"model.embed_tokens.weight", "lm_head.weight", "model.mask_embedding"}  # shared
+    report = _speculators_check(ex.out_dir, tmp_path, "dspark")  # and speculators computes the same blocks
+    assert report["unset"] == [] and report["not_as_written"] == [], report
+    assert report["block_logits_max_diff"] < 1e-3 and report["argmax_agreement"] == 1.0

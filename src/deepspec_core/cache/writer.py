@@ -223,8 +223,8 @@ def write_shard(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         feats = features_fn([samples[i] for i in idx])
-        for i, f in zip(idx, feats, strict=True):
-            futures[i] = pool.submit(_encode, codec, f)
+        for i, feat in zip(idx, feats, strict=True):
+            futures[i] = pool.submit(_encode, codec, feat)
         tally.forwarded(len(idx), sum(int(samples[i]["input_ids"].shape[0]) for i in idx))
     records, offset, h = [], 0, hashlib.sha256()
     shard_path = shard_dir / fmt.shard_name(j)

@@ -127,7 +127,7 @@ class OpenAIBackend:
     def probe(self) -> None:
         """Keep the servers whose /v1/models answers; learn the served model. One error if none does."""
         alive: list[str] = []
-        models: list[str] = []
+        models: list[Any] = []  # the "id" values the servers list (JSON)
         for url in self.servers:
             try:
                 listed = _request(f"{url}/v1/models", None, self.probe_timeout, self.api_key)

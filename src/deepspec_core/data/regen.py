@@ -298,14 +298,15 @@ def resolve_settings(spec: str | None, target: str | None, thinking: bool | None
     if not model:
         raise SpecError("no target given", "pass --target MODEL (or 'tiny'), or --spec with target.model")
     think = thinking if thinking is not None else (run.target.thinking if run else False)
-    same_target = run is not None and model == run.target.model
+    # the spec's target settings apply only to the target it names
+    same_target = run.target if run is not None and model == run.target.model else None
     return RegenSettings(
         target=model,
         thinking=think,
         regen=regen,
-        revision=run.target.revision if same_target else None,
-        chat_template=run.target.chat_template if same_target else None,
-        dtype=run.target.dtype if same_target else "auto",
+        revision=same_target.revision if same_target else None,
+        chat_template=same_target.chat_template if same_target else None,
+        dtype=same_target.dtype if same_target else "auto",
     )
 
 

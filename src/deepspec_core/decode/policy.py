@@ -21,12 +21,17 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import torch
 
 PolicyName = Literal["fixed", "threshold", "scheduler"]
 POLICIES: tuple[str, ...] = ("fixed", "threshold", "scheduler")
+
+
+def is_policy(name: str) -> TypeGuard[PolicyName]:
+    """Whether ``name`` is one of :data:`POLICIES`."""
+    return name in POLICIES
 
 
 @dataclass(frozen=True)

@@ -270,7 +270,9 @@ class Drafter(Protocol):
     test double or another implementation plugs in unchanged.
     """
 
-    algo: str
+    @property
+    def algo(self) -> str: ...  # the registered algorithm name (a class attribute of DraftModel)
+
     layer_ids: list[int]  # the target layers whose features ``start`` / ``commit`` receive
 
     def start(self, input_ids: torch.Tensor, aux_hidden: torch.Tensor) -> None: ...

@@ -46,19 +46,19 @@ def load_draft(path: Path | str, target: str | None = None, device: str = "auto"
     if p.is_dir() and is_speculators_dir(p):
         step, run = p, None
         spec = spec_from_dict(speculators_spec(p, target), source=str(p / "config.json"))
-        weights = {"weights": lambda draft: speculators_weights(p, draft)}
+        weights_dir, weights = None, (lambda draft: speculators_weights(p, draft))
         trained_for, target = spec.target.model, None
     else:
         step, run = resolve_checkpoint(p)
         spec = checkpoint_spec(step, base=load_spec(run / "spec.toml") if run is not None else None)
-        weights = {"weights_dir": step}
+        weights_dir, weights = step, None
         trained_for = spec.target.model
     if target:
         spec = spec.model_copy(
             update={"target": spec.target.model_copy(update={"model": target, "revision": None})}
         )
     try:
-        parts = assemble(spec, device, load_target=True, **weights)
+        parts = assemble(spec, device, load_target=True, weights_dir=weights_dir, weights=weights)
     except CheckpointError as err:
         if not target:
             raise

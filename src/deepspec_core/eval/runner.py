@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from deepspec_core import __version__
-from deepspec_core.decode.policy import POLICIES, DraftLength, profile_sps
+from deepspec_core.decode.policy import POLICIES, DraftLength, is_policy, profile_sps
 from deepspec_core.decode.rounds import RoundOutcome
 from deepspec_core.decode.speculative import Generation, speculative_generate, target_generate
 from deepspec_core.errors import SpecError
@@ -276,7 +276,7 @@ def evaluate(
         save_outputs=save_outputs,
     )
     check_draft_length(s.num_draft_tokens, loaded.draft.max_proposal(), loaded.draft.algo, field="--num-draft-tokens")
-    if draft_length not in POLICIES:
+    if not is_policy(draft_length):
         raise SpecError(f"--draft-length {draft_length!r} is not a policy", f"choose one of: {', '.join(POLICIES)}")
     temperatures = load_temperatures(loaded.step_dir)
     if calibrate:

@@ -34,6 +34,7 @@ def rename(state: dict[str, torch.Tensor], algo: str) -> dict[str, torch.Tensor]
     engine has a place for (it would be lost)."""
     out = {}
     for name, t in state.items():
+        new: str | None
         if name.startswith("layers.") and ".layer." in name:
             index, rest = name.removeprefix("layers.").split(".layer.", 1)
             new = f"layers.{index}.{rest}"

@@ -141,7 +141,9 @@ def prepare_run_dir(spec: RunSpec, fresh: bool = False, write: bool = True) -> t
 
 def rng_state() -> dict[str, Any]:
     """RNG states of torch (CPU and CUDA), numpy and python, as tensors and plain values."""
-    np_state = np.random.get_state()
+    # legacy=True is numpy's default (its stub's overloads say otherwise): the MT19937 tuple.
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)
     py_state = random.getstate()
     state = {
         "torch": torch.get_rng_state(),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +19,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deepspec_core.errors import SpecError
 from deepspec_core.spec import RunSpec
+
+if TYPE_CHECKING:
+    from deepspec_core.cache.online import OnlineFeatures
+    from deepspec_core.cache.reader import FeatureCache
 
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
@@ -236,8 +240,10 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
         from deepspec_core.data.tokenize import TokenizeStats
 
         stats = TokenizeStats()
-        dataset = online_dataset(spec, parts.target, stats=stats)
+        online = online_dataset(spec, parts.target, stats=stats)
         say(stats.summary(spec.data.max_length))
+        dataset: OnlineFeatures | FeatureCache = online
+        heldout = online.num_heldout
     else:
         from deepspec_core.cache.reader import FeatureCache
         from deepspec_core.targets.hf import load_tokenizer, text_config, tokenizer_hash
@@ -246,13 +252,14 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
             parts.target_path, spec.target.revision, spec.target.chat_template, spec.target.trust_remote_code
         )
         # The cache must come from this target, layers, tokenizer and max length; it says which differ.
-        dataset = FeatureCache(
+        cache = FeatureCache(
             spec.cache_dir(),
             spec,
             hidden_size=int(text_config(parts.config).hidden_size),
             tokenizer_hash=tokenizer_hash(tok),
         )
-    heldout = dataset.num_heldout if spec.cache.online else int(dataset.manifest["counts"].get("heldout_samples", 0))
+        dataset = cache
+        heldout = int(cache.manifest["counts"].get("heldout_samples", 0))
     if heldout:
         num_train, num_val = len(dataset) - heldout, min(spec.train.val_samples, heldout)
     else:
@@ -299,6 +306,7 @@ def init_vocab_mapping(parts: TrainParts, spec: RunSpec) -> float | None:
         return None
     from deepspec_core.drafts.base import build_vocab_mapping
 
+    assert spec.draft.draft_vocab_size is not None  # a draft head exists only for a reduced vocabulary
     counts = parts.loss_token_counts()
     d2t, t2d = build_vocab_mapping(counts, spec.draft.draft_vocab_size)
     device = next(draft.parameters()).device

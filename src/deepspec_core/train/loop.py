@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -111,7 +111,7 @@ def _wrap(draft: nn.Module, spec: RunSpec, env: DistEnv, device: torch.device) -
         kw: dict[str, Any] = {}
         if "ignored_params" in inspect.signature(fully_shard).parameters:
             kw["ignored_params"] = {p for p in draft.parameters() if not p.requires_grad}
-        return fully_shard(draft, mp_policy=mp, **kw)
+        return cast(nn.Module, fully_shard(draft, mp_policy=mp, **kw))
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
@@ -125,10 +125,11 @@ def _no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
     """Skip the gradient all-reduce on all but the last micro-step (gradients accumulate locally)."""
     if sync:
         return contextlib.nullcontext()
-    if hasattr(model, "no_sync"):
-        return model.no_sync()
-    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
-        model.set_requires_gradient_sync(False)
+    wrapped: Any = model  # DDP / FSDP2 methods, not in nn.Module's type
+    if hasattr(wrapped, "no_sync"):
+        return wrapped.no_sync()
+    if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2
+        wrapped.set_requires_gradient_sync(False)
         return contextlib.nullcontext()
     return contextlib.nullcontext()
 
@@ -278,7 +279,7 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
                 (out.loss.float() / plan.accum).backward()
                 step_records.append(metrics_of(out))
             if spec.train.distributed == "fsdp" and hasattr(model, "set_requires_gradient_sync"):
-                model.set_requires_gradient_sync(True)
+                cast(Any, model).set_requires_gradient_sync(True)
             grad_norm = float(
                 torch.nn.utils.clip_grad_norm_(
                     trainable, spec.train.grad_clip if spec.train.grad_clip > 0 else math.inf
@@ -409,7 +410,7 @@ def _save(
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         full = get_model_state_dict(model, options=opts)
-        weights = {k: v for k, v in full.items() if not k.startswith(FROZEN_PREFIXES)}
+        weights = {k: cast(torch.Tensor, v) for k, v in full.items() if not k.startswith(FROZEN_PREFIXES)}
         optim_state = get_optimizer_state_dict(model, optimizer, options=opts)
     else:
         weights = parts.draft.trainable_state_dict()

@@ -1,7 +1,9 @@
-"""Serve deepspec exports with vLLM itself (run with the engine venv's python: scripts/engine_venv.sh).
+"""Load and run deepspec exports in the engines themselves (run with the engine venv's python:
+scripts/engine_venv.sh).
 
-    python scripts/vllm_check.py generate REQUEST.json RESULT.json
-    python scripts/vllm_check.py load EXPORT_DIR RESULT.json
+    python scripts/engine_check.py generate REQUEST.json RESULT.json
+    python scripts/engine_check.py load EXPORT_DIR RESULT.json
+    python scripts/engine_check.py speculators EXPORT_DIR REFERENCE.pt RESULT.json
 
 ``generate``: REQUEST = {"target": DIR, "drafts": {name: EXPORT_DIR}, "prompts": [[token ids], ...],
 "max_tokens": N}. Greedy decoding of every prompt target-only, then with each draft
@@ -14,7 +16,14 @@ build vLLM's engine config from the export, instantiate its draft class, run its
 on the exported tensors and report every parameter left unloaded and every tensor that did not
 arrive intact (q/k/v and gate/up are stacked by vLLM).
 
-Standalone on purpose: the engine venv has vLLM, not deepspec.
+``speculators``: ``SpeculatorModel.from_pretrained`` on the export, the target's embedding and
+lm_head filled from the verifier (``load_verifier_weights``); RESULT lists every parameter still
+unset (NaN) and every exported tensor the model does not hold as written. For block drafters,
+REFERENCE (torch.save by the test: input_ids (1, T), aux (1, T, K, H), final_hidden (1, T, H),
+anchors (1, N) and deepspec's teacher-forced logits (1, N, k, V)) is fed to speculators' own block
+forward at the same anchors, and the largest logit difference is reported.
+
+Standalone on purpose: the engine venv has the engines, not deepspec.
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ def _run(model: str, prompts: list[list[int]], max_tokens: int) -> dict:
         after = _counters(llm)
     finally:
         llm.llm_engine.engine_core.shutdown()  # else its engine and worker processes outlive this one
-    delta = {k: [a - b for a, b in zip(v, before.get(k, [0] * len(v)))] if isinstance(v, list) else v - before.get(k, 0)
+    delta = {k: [a - b for a, b in zip(v, before.get(k, [0] * len(v)), strict=True)] if isinstance(v, list) else v - before.get(k, 0)
              for k, v in after.items()}
     return {"outputs": [list(o.outputs[0].token_ids) for o in outs], "seconds": seconds, "startup_seconds": start,
             "counters": delta}
@@ -135,5 +144,51 @@ def load(export_dir: str, result_path: str) -> None:
     os._exit(0)  # nothing was started that needs shutting down; skip vLLM's slow teardown
 
 
+def speculators(export_dir: str, reference_path: str, result_path: str) -> None:
+    import torch
+    from safetensors.torch import load_file
+    from speculators import SpeculatorModel, SpeculatorModelConfig
+
+    cfg = SpeculatorModelConfig.from_pretrained(export_dir)
+    cfg.transformer_layer_config._attn_implementation = "eager"  # its default is flex attention (GPU)
+    # fp32 like deepspec's reference (bf16 → fp32 is exact; buffers such as rope's are built in fp32)
+    model = SpeculatorModel.from_pretrained(export_dir, config=cfg, torch_dtype=torch.float32)
+    model.load_verifier_weights()
+    model.eval()
+    state = model.state_dict()
+    written = load_file(os.path.join(export_dir, "model.safetensors"))
+    result = {"class": type(model).__name__,
+              "unset": sorted(n for n, t in state.items() if t.dtype.is_floating_point and t.isnan().any()),
+              "not_as_written": sorted(n for n, t in written.items()
+                                       if n not in state or not torch.equal(state[n].to(t.dtype), t))}
+    ref = torch.load(reference_path)
+    if "logits" in ref and hasattr(model, "_backbone_forward"):
+        import speculators.models.dflash.core as core
+
+        anchors = ref["anchors"][0]
+        n = anchors.numel()
+        core.select_anchors = lambda *_a, **_k: (anchors.clone(), torch.ones(n, dtype=torch.bool))  # fixed anchors
+        ids = ref["input_ids"]
+        with torch.no_grad():
+            hidden, logits, _, _, index = model._backbone_forward(
+                ref["aux"].flatten(-2).float(), ids, torch.ones_like(ids), ref["final_hidden"].float(),
+                torch.zeros_like(ids), max_anchors=n)
+            b = model.block_size
+            logits = logits.view(n, b, -1).float()
+            head = getattr(model, "markov_head", None)
+            if head is not None:
+                tokens = ids[0, index].view(n, b)
+                prev = tokens if model.config.sample_from_anchor else torch.cat([tokens[:, :1], tokens[:, :-1]], 1)
+                emb = head.prev_embeddings(prev)
+                logits = logits + head.block_bias(prev_token_ids=prev, hidden_states=hidden.view(n, b, -1), prev_emb=emb)
+        ours = ref["logits"][0].float()  # (N, k, V): slot j predicts x_{a+1+j}
+        theirs = logits if model.config.sample_from_anchor else logits[:, 1:]  # the original layout's anchor predicts nothing
+        k = min(ours.shape[1], theirs.shape[1])
+        result["block_logits_max_diff"] = (ours[:, :k] - theirs[:, :k]).abs().max().item()
+        result["argmax_agreement"] = (ours[:, :k].argmax(-1) == theirs[:, :k].argmax(-1)).float().mean().item()
+    with open(result_path, "w") as f:
+        json.dump(result, f)
+
+
 if __name__ == "__main__":
-    {"generate": generate, "load": load}[sys.argv[1]](*sys.argv[2:])
+    {"generate": generate, "load": load, "speculators": speculators}[sys.argv[1]](*sys.argv[2:])
