@@ -114,3 +114,33 @@ def test_vocab_terms_with_a_reduced_draft_vocabulary(chunk):
     assert torch.equal(terms["correct"], (ids[q_small.argmax(-1)] == p_full.argmax(-1)).float())
     sum(t.sum() for t in naive).backward()
     assert torch.allclose(grad, x.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduced", [False, True])
+def test_the_memory_budget_trades_flops_for_memory_without_changing_values_or_gradients(reduced):
+    """Within the budget nothing is computed twice; over it every chunk is recomputed in backward
+    (a second pass through both vocabulary matmuls). Same terms and gradients either way."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    g = torch.Generator().manual_seed(0)
+    n, h, v = 40, 16, 96
+    w = torch.randn(v, h, generator=g)
+    target_h = torch.randn(n, h, generator=g)
+    ids = torch.arange(0, v, 2) if reduced else None
+    head = torch.randn(v if ids is None else ids.numel(), h, generator=g)
+    runs = {}
+    for budget in (0, 1 << 30):
+        x = torch.randn(n, h, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        with FlopCounterMode(display=False) as fc:
+            terms = losses.vocab_terms(lambda a: a @ head.T, (x,), target_h, w, want=("soft_ce", "tv"),
+                                       grad_terms=("soft_ce",), draft_ids=ids, chunk_rows=16, memory_budget=budget)
+            terms["soft_ce"].sum().backward()
+        runs[budget] = (terms, x.grad, fc.get_total_flops())
+    (recomputed, g0, f0), (kept, g1, f1) = runs[0], runs[1 << 30]
+    for name in ("soft_ce", "tv"):
+        assert torch.allclose(recomputed[name], kept[name], atol=1e-6)
+    assert torch.allclose(g0, g1, atol=1e-6)
+    draft_matmul = 2 * n * h * head.shape[0]
+    target_matmul = 2 * n * h * v
+    # recomputing repeats the draft's logits, and the target's too unless a reduced view was kept
+    assert f0 - f1 == draft_matmul + (0 if reduced else target_matmul)

@@ -11,12 +11,14 @@ These are the eager reference: the fused Triton kernels of ``deepspec_kernels.lo
 CE and TV in one pass) match them in values and gradients, and :func:`vocab_terms` uses them when
 called with ``fused=True`` (``train.fused_losses``).
 
-Memory: at Qwen3-4B shapes a [rows, V] fp32 tensor is 3584 × 151936 × 4 B = 2.18 GB. The block
-drafters therefore never build the logits of all rows at once: :func:`vocab_terms` computes the
-logits of ``chunk_rows`` rows at a time inside ``torch.utils.checkpoint``, so the forward keeps only
-per-row scalars and the backward recomputes one chunk's logits at a time. With a reduced draft
-vocabulary (Vd ≪ V) the target's side is computed once per chunk and its (rows, Vd) view kept for
-the backward: the full-vocabulary target matmul is then most of the cost, and Vd columns are cheap.
+Memory against work: at Qwen3-4B shapes a [rows, V] fp32 tensor is 3584 × 151936 × 4 B = 2.18 GB.
+:func:`vocab_terms` computes ``chunk_rows`` rows at a time; what the backward needs of them — the
+draft's logits and softmax, the target's view — is kept when it fits ``memory_budget`` bytes, and
+otherwise recomputed in backward one chunk at a time (``torch.utils.checkpoint``: the forward then
+keeps only per-row scalars, at the price of a second pass through the vocabulary matmuls, the
+target's included). At small vocabularies everything fits and nothing is computed twice; at 152k
+tokens the recomputation is what keeps a step in GPU memory. The target's side is computed without
+gradient, once per row, and with a reduced draft vocabulary (Vd ≪ V) only its (rows, Vd) view is kept.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 DEFAULT_CHUNK_ROWS = 512
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes the vocabulary terms may keep for backward (train.loss_memory_mb)
+
+
+def kept_bytes(rows: int, vocab: int) -> int:
+    """What the backward of :func:`vocab_terms` keeps for ``rows`` rows over ``vocab`` columns without
+    recomputation: the draft's fp32 logits and softmax and the target's fp32 view."""
+    return 3 * 4 * rows * vocab
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
@@ -173,6 +182,7 @@ def vocab_terms(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     target: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     fused: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> dict[str, torch.Tensor]:
     """Per-row loss terms of N rows, computed ``chunk_rows`` rows at a time.
 
@@ -186,10 +196,15 @@ def vocab_terms(
     ``target``: the rows' :func:`target_view`, when the caller already has it (then
     ``target_hidden`` / ``target_weight`` are not read and may be None). ``fused``: soft_ce, ce and
     tv from the Triton kernels (CUDA, or CPU under ``TRITON_INTERPRET=1``) instead of eager torch.
+    ``memory_budget``: bytes the backward may keep (:func:`kept_bytes`); above it every chunk is
+    recomputed in backward, target view included. Values and gradients are the same either way.
     """
     n = draft_inputs[0].shape[0]
     chunk_rows = max(1, chunk_rows)
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in draft_inputs)
+    width = target[0].shape[1] if target is not None else (
+        draft_ids.numel() if draft_ids is not None else target_weight.shape[0])
+    recompute = need_grad and kept_bytes(n, width) > memory_budget
     results: dict[str, list[torch.Tensor]] = {name: [] for name in want}
     for start in range(0, n, chunk_rows):
         sl = slice(start, min(n, start + chunk_rows))
@@ -199,15 +214,15 @@ def vocab_terms(
             view = (p_logits_d[sl], lse[sl], p_top[sl])
         else:
             assert target_hidden is not None, "vocab_terms needs target_hidden when no target view is given"
-            if draft_ids is not None:
-                # A reduced head is cheap next to the (c, V) target matmul: compute the target once and
-                # keep its (c, Vd) view for the backward instead of recomputing it.
+            if draft_ids is not None or not recompute:
+                # Computed once and kept for the backward: a reduced view is small next to the (c, V)
+                # target matmul, and a full one fits the budget.
                 view = target_view(target_hidden[sl], target_weight, softcap, draft_ids)
             else:
                 view = functools.partial(target_view, target_hidden[sl], target_weight, softcap, None)
         chunk_labels = None if labels is None else labels[sl]
         chunk_inputs = [x[sl] for x in draft_inputs]
-        if need_grad:
+        if recompute:
             outs = checkpoint(_terms_of_chunk, draft_logits_fn, want, grad_terms, draft_ids, view,
                               chunk_labels, fused, *chunk_inputs, use_reentrant=False)
         else:
@@ -222,5 +237,6 @@ def vocab_terms(
 
 __all__ = [
     "soft_cross_entropy", "cross_entropy", "total_variation", "bce_towards", "position_weights",
-    "step_weights", "weighted_mean", "target_view", "vocab_terms", "DEFAULT_CHUNK_ROWS",
+    "step_weights", "weighted_mean", "target_view", "vocab_terms", "kept_bytes", "DEFAULT_CHUNK_ROWS",
+    "DEFAULT_MEMORY_BUDGET",
 ]

@@ -164,6 +164,12 @@ class TrainSpec(_Section):
         description="Triton fused vocabulary losses: 'auto' uses them on CUDA when triton is installed; 'on' requires them "
         "(CUDA, or CPU with TRITON_INTERPRET=1 for testing); 'off' keeps the eager torch losses.",
     )
+    loss_memory_mb: int = Field(
+        1024,
+        ge=0,
+        description="Memory the vocabulary losses may keep for backward (draft logits and softmax, the target's view); "
+        "above it they are recomputed chunk by chunk in backward (more FLOPs, far less memory at 150k-token vocabularies).",
+    )
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="Data parallelism strategy over processes.")
     num_workers: int = Field(2, ge=0, description="DataLoader workers decoding cache shards.")
     tensorboard: bool = Field(True, description="Write TensorBoard event files when tensorboard is installed.")

@@ -243,3 +243,26 @@ def test_eagle3_reference_loss_convention_matches_a_literal_transcription():
     other = make_draft("eagle3", ttt_length=3, loss_convention="valid_rows")
     other.load_state_dict(d.state_dict())
     assert other.forward_train(batch).loss.item() != pytest.approx(out.loss.item(), rel=1e-2)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_recomputation_in_backward_is_chosen_by_the_memory_budget(algo):
+    """Same loss and gradients whether the vocabulary work is kept or recomputed; kept costs fewer
+    FLOPs (Eagle3: the target's view once per batch, not once per TTT step and again in backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = make_batch()
+    runs = []
+    for budget in (0, 1 << 30):
+        d = make_draft(algo)
+        d.loss_memory_budget = budget
+        torch.manual_seed(0)  # the block drafters sample their anchors
+        with FlopCounterMode(display=False) as fc:
+            out = d.forward_train(batch)
+            out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in d.named_parameters() if p.grad is not None}
+        runs.append((out.loss.detach(), grads, fc.get_total_flops()))
+    (l0, g0, f0), (l1, g1, f1) = runs
+    assert torch.allclose(l0, l1, atol=1e-6) and g0.keys() == g1.keys()
+    assert all(torch.allclose(g0[n], g1[n], atol=1e-6) for n in g0)
+    assert f1 < f0

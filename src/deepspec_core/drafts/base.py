@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 import torch
 from torch import nn
 
+from deepspec_core import losses
 from deepspec_core.errors import CheckpointError, DataError, TargetError
 from deepspec_core.registry import Registry
 from deepspec_core.specbase import DraftSpecBase
@@ -319,6 +320,8 @@ class DraftModel(nn.Module):
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
         self.draft_head: nn.Linear | None = None  # a reduced vocabulary's head: init_draft_vocab
         self.fused_losses = False  # Triton vocabulary losses (train.fused_losses, set by training)
+        # Bytes the vocabulary losses may keep for backward (train.loss_memory_mb, set by training).
+        self.loss_memory_budget = losses.DEFAULT_MEMORY_BUDGET
 
     @classmethod
     def from_spec(cls, draft_spec, target_spec, target_config, embed_weight, lm_head_weight) -> DraftModel:

@@ -175,6 +175,7 @@ class DFlashDraft(DraftModel):
             self.row_logits, inputs, target_h.reshape(-1, self.hidden_size)[rows], self.target_head.weight,
             labels=self.to_draft_labels(labels.reshape(-1)[rows]), want=want, grad_terms=grad_terms,
             draft_ids=self.draft_ids, softcap=self.softcap, fused=self.fused_losses,
+            memory_budget=self.loss_memory_budget,
         )
         shape = (valid.shape[0] * valid.shape[1], valid.shape[2])
         full = {}

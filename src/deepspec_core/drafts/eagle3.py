@@ -162,9 +162,10 @@ class Eagle3Draft(DraftModel):
         loss = torch.zeros((), device=dev)
         final = batch.final_hidden.reshape(b * t, h)
         view = None
-        if self.draft_head is not None:
-            # Every TTT step compares against the same target distributions, shifted: with a reduced
-            # head keep their (B·T, Vd) view once instead of a full-vocabulary matmul per step.
+        if self.draft_head is not None or losses.kept_bytes(b * t, self.vocab_size) <= self.loss_memory_budget:
+            # Every TTT step compares against the same target distributions, shifted: compute their
+            # view once per batch instead of a full-vocabulary matmul per step (a reduced view is
+            # small; a full one when it fits the budget — else each step recomputes its rows).
             view = losses.target_view(final, self.target_head.weight, self.softcap, self.draft_ids)
         for i, out in self._ttt(batch):
             rows = counted[:, :, i].reshape(-1).nonzero().squeeze(-1)  # only supervised rows cost vocab work
@@ -173,7 +174,7 @@ class Eagle3Draft(DraftModel):
                 self._logits, (out.reshape(-1, h)[rows],), final[src] if view is None else None, self.target_head.weight,
                 want=("soft_ce", "tv", "correct"), grad_terms=("soft_ce",), draft_ids=self.draft_ids,
                 softcap=self.softcap, target=None if view is None else (view[0][src], view[1][src], view[2][src]),
-                fused=self.fused_losses,
+                fused=self.fused_losses, memory_budget=self.loss_memory_budget,
             )
             loss = loss + float(weights[i]) * terms["soft_ce"].sum() / normaliser[i]
             correct[rows, i] = terms["correct"]

@@ -269,6 +269,7 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
     say(f"features: {source}; {num_train} training samples, {num_val} validation samples {where}")
     draft = parts.draft
     draft.fused_losses = use_fused_losses(spec.train.fused_losses, device)
+    draft.loss_memory_budget = spec.train.loss_memory_mb << 20
     if draft.fused_losses:
         say("losses: fused Triton kernels (train.fused_losses)")
     # fp32 master weights for what trains; the frozen target tensors keep the target's dtype.
