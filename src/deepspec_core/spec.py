@@ -164,6 +164,10 @@ class TrainSpec(_Section):
         description="Triton fused vocabulary losses: 'auto' uses them on CUDA when triton is installed; 'on' requires them "
         "(CUDA, or CPU with TRITON_INTERPRET=1 for testing); 'off' keeps the eager torch losses.",
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile the draft's decoder layers (the first steps pay the compilation: ~40 s on a CPU).",
+    )
     loss_memory_mb: int = Field(
         1024,
         ge=0,

@@ -206,3 +206,15 @@ def test_a_crash_in_training_leaves_its_traceback_beside_the_run(make_spec, tmp_
     logs = list(spec.run_dir().glob("crash-*.log"))
     assert len(logs) == 1 and str(logs[0]) in " ".join(res.output.split())
     assert "in boom" in logs[0].read_text() and "Traceback" not in res.output
+
+
+def test_a_compiled_training_run_equals_the_eager_one(make_spec, tmp_path):
+    """train.compile: the draft's layers through torch.compile (CPU inductor here) train to the same
+    weights as eager, within float reassociation."""
+    sets = ("train.max_steps=2", "train.val_samples=0", "train.save_every=2", "train.val_every=2")
+    eager = train(make_spec("eagle3", *sets, root=tmp_path / "eager"), _quiet())
+    messages: list[str] = []
+    compiled = train(make_spec("eagle3", *sets, "train.compile=true", root=tmp_path / "compiled"), _quiet(messages))
+    assert any("torch.compile" in m for m in messages)
+    a, b = _weights(eager.checkpoint), _weights(compiled.checkpoint)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)

@@ -270,6 +270,9 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
     draft = parts.draft
     draft.fused_losses = use_fused_losses(spec.train.fused_losses, device)
     draft.loss_memory_budget = spec.train.loss_memory_mb << 20
+    if spec.train.compile:
+        draft.compile_layers()
+        say("compile: the draft's decoder layers run through torch.compile (train.compile)")
     if draft.fused_losses:
         say("losses: fused Triton kernels (train.fused_losses)")
     # fp32 master weights for what trains; the frozen target tensors keep the target's dtype.
