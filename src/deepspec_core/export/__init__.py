@@ -57,17 +57,15 @@ def export_draft(checkpoint: str | Path, fmt: str, out: str | Path, k: int | Non
     spec = checkpoint_spec(step)
     parts = assemble(spec, "cpu", load_target=False, weights_dir=step)
     build = vllm_export if fmt == "vllm" else sglang_export
-    config, tensors, notes = build(parts.draft, spec, parts.config, _verifier_path(parts.target_path), k)
+    config, tensors, k, notes = build(parts.draft, spec, parts.config, _verifier_path(parts.target_path), k)
     tensors = {n: t.detach().to("cpu").contiguous() if n in _KEEP_DTYPE else t.detach().to("cpu", torch.bfloat16)
                .contiguous() for n, t in tensors.items()}
     config["torch_dtype"] = "bfloat16"
     _write(out, config, tensors, overwrite)
     verify_export(out, fmt, step)
     kind = config.get("speculators_model_type", config["architectures"][0])
-    served_k = int(config["speculators_config"]["proposal_methods"][0]["speculative_tokens"]) if fmt == "vllm" \
-        else int(config.get("block_size") or (k or spec.draft.default_k()))
-    return Exported(out, fmt, spec.draft.algo, kind, served_k, {n: tuple(t.shape) for n, t in tensors.items()},
-                    notes, launch_commands(fmt, out, config, parts.target_path, served_k))
+    return Exported(out, fmt, spec.draft.algo, kind, k, {n: tuple(t.shape) for n, t in tensors.items()},
+                    notes, launch_commands(fmt, out, config, parts.target_path, k))
 
 
 def _verifier_path(target_path: str) -> str:
@@ -138,10 +136,13 @@ def verify_export(out: str | Path, fmt: str, step_dir: str | Path) -> None:
 
 
 def launch_commands(fmt: str, out: Path, config: dict[str, Any], target_path: str, k: int) -> list[str]:
+    """How to serve the export. SGLang counts a DFlash round by its block (k drafts + the anchor),
+    an Eagle3 round by its steps plus the verified root token."""
     if fmt == "vllm":
         return [f"vllm serve {out}",
                 f"python -c \"from vllm import LLM; LLM(model='{out}')\"   # offline; the target comes from the config"]
-    algo = "EAGLE3" if config["architectures"] == ["LlamaForCausalLMEagle3"] else "DFLASH"
-    return [f"python -m sglang.launch_server --model-path {target_path} --speculative-algorithm {algo} "
-            f"--speculative-draft-model-path {out} --speculative-num-draft-tokens {k}"
-            + (f" --speculative-num-steps {k} --speculative-eagle-topk 1" if algo == "EAGLE3" else "")]
+    head = f"python -m sglang.launch_server --model-path {target_path} --speculative-draft-model-path {out}"
+    if config["architectures"] == ["LlamaForCausalLMEagle3"]:
+        return [f"{head} --speculative-algorithm EAGLE3 --speculative-num-steps {k} --speculative-eagle-topk 1 "
+                f"--speculative-num-draft-tokens {k + 1}"]
+    return [f"{head} --speculative-algorithm DFLASH --speculative-num-draft-tokens {config['block_size']}"]

@@ -99,9 +99,11 @@ def _refuse_unservable(draft: Any, engine: str) -> None:
                           "train with target.mask_token_id set to an unused token id")
 
 
-def vllm_export(draft: Any, spec: Any, target_config: Any, target_path: str,
-                k: int | None) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str]]:
-    """(config.json, tensors, notes) of the speculators format for ``draft`` (a DraftModel).
+Export = tuple[dict[str, Any], dict[str, torch.Tensor], int, list[str]]  # config.json, tensors, k, notes
+
+
+def vllm_export(draft: Any, spec: Any, target_config: Any, target_path: str, k: int | None) -> Export:
+    """(config.json, tensors, k, notes) of the speculators format for ``draft`` (a DraftModel).
 
     Raises ExportError for drafts vLLM would load without error and compute differently."""
     algo, d = spec.draft.algo, spec.draft
@@ -164,12 +166,11 @@ def vllm_export(draft: Any, spec: Any, target_config: Any, target_path: str,
         "default_proposal_method": "greedy",
         "verifier": {"name_or_path": target_path, "architectures": list(getattr(target_config, "architectures", []))},
     }
-    return config, tensors, notes
+    return config, tensors, k, notes
 
 
-def sglang_export(draft: Any, spec: Any, target_config: Any, target_path: str,
-                  k: int | None) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str]]:
-    """(config.json, tensors, notes) of SGLang's flat format. Raises ExportError for drafts SGLang
+def sglang_export(draft: Any, spec: Any, target_config: Any, target_path: str, k: int | None) -> Export:
+    """(config.json, tensors, k, notes) of SGLang's flat format. Raises ExportError for drafts SGLang
     would load silently wrong (it skips tensor names it does not know)."""
     algo, d = spec.draft.algo, spec.draft
     _refuse_unservable(draft, "SGLang")
@@ -187,7 +188,7 @@ def sglang_export(draft: Any, spec: Any, target_config: Any, target_path: str,
         config = {**tl, "architectures": ["LlamaForCausalLMEagle3"], "num_hidden_layers": 1,
                   "draft_vocab_size": draft.draft_vocab_size,
                   "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(spec.target.layer_ids)}}
-        return config, tensors, []
+        return config, tensors, k or d.default_k(), []
     if algo == "dflash":
         problems = [why for bad, why in [
             (tl["model_type"] != "qwen3", f"its layers are {tl['model_type']} layers; SGLang's DFlash has Qwen3 layers"),
@@ -200,6 +201,6 @@ def sglang_export(draft: Any, spec: Any, target_config: Any, target_path: str,
         config = {**tl, "architectures": ["DFlashDraftModel"], "block_size": d.block_size + 1,
                   "dflash_config": {"mask_token_id": spec.target.mask_token_id,
                                     "target_layer_ids": list(spec.target.layer_ids), "block_size": d.block_size + 1}}
-        return config, tensors, []
+        return config, tensors, d.block_size, []
     raise ExportError(f"no SGLang format is exported for algo {algo!r}",
                       "export with --format vllm (SGLang's DSpark layout is not verified by deepspec)")
