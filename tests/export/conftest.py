@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-MAX_NEW = 32
-PROMPTS = 6
+from export_helpers import MAX_NEW, PROMPTS
 
 
 @dataclass

@@ -16,8 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from conftest import MAX_NEW, PROMPTS
+from export_helpers import MAX_NEW, PROMPTS
 
 pytestmark = pytest.mark.e2e
 

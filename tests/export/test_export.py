@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from export_helpers import MAX_NEW, PROMPTS
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -164,8 +165,6 @@ def test_vllm_refusals_name_the_reason(checkpoint, tmp_path):
 @pytest.mark.parametrize("algo", ["eagle3", "dflash"])
 def test_an_export_imported_back_scores_the_same_tau(trained, tmp_path, algo):
     """`deepspec eval --draft EXPORT_DIR` reads the speculators format: same protocol, same rounds."""
-    from conftest import MAX_NEW, PROMPTS
-
     t = trained[algo]
     res = CliRunner().invoke(app, ["eval", "--draft", str(t.export.out_dir), "--benchmarks", "humaneval",
                                    "--limit", str(PROMPTS), "--max-new-tokens", str(MAX_NEW), "--temperature", "0",
