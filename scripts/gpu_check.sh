@@ -7,12 +7,27 @@
 #   4. counts FLOPs per step and measures the memory benchmark,
 # and prints one summary (also written to $OUT/gpu-check/summary.txt).
 #
-#   bash scripts/gpu_check.sh
+#   bash scripts/gpu_check.sh prepare                # where a package index is reachable: the wheels below
+#   bash scripts/gpu_check.sh                        # on the CUDA machine
 #   GPU_CHECK_DRY_RUN=1 bash scripts/gpu_check.sh   # the same flow on a CPU with 4 steps (checks the script)
-# Knobs: OUT (where results go; default a temporary directory), STEPS (default 100), TORCH_SPEC (the
-# torch build to install; default the CUDA build pip picks on Linux), VENV (default .venv-gpu).
+# The CUDA machine may have no network: the install is a venv over the system Python's packages (its
+# CUDA torch, triton, transformers), deepspec without dependency resolution, and whatever of
+# deepspec's dependencies the system lacks from the wheels `prepare` downloads into $WHEELS
+# (default .gpu-wheels, ignored by git; copy it along). Knobs: OUT (results; default a temporary
+# directory), STEPS (default 100), VENV (default .venv-gpu), WHEELS, PY_VERSION (of the CUDA
+# machine's python3, for `prepare`; default 3.12).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+wheels="${WHEELS:-.gpu-wheels}"
+# What deepspec needs that the CUDA image (torch, triton, transformers, accelerate, typer, rich, pytest
+# and the scientific stack) lacks; downloaded without their dependencies, which the image has.
+DEPS=(pydantic pydantic-core annotated-types typing-inspection zstandard tomli-w datasets dill multiprocess gguf)
+if [ "${1:-}" = prepare ]; then
+  python3 -m pip download --quiet --only-binary=:all: --python-version "${PY_VERSION:-3.12}" \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+    --no-deps -d "$wheels" "${DEPS[@]}" && echo "wheels for the CUDA machine in $wheels ($(du -sh "$wheels" | cut -f1))"
+  exit $?
+fi
 dry="${GPU_CHECK_DRY_RUN:-0}"
 out="${OUT:-$(mktemp -d)}/gpu-check"
 mkdir -p "$out"
@@ -28,8 +43,12 @@ else
   sets=(--set train.mixed_precision=bf16 --set train.fused_losses=on --set train.compile=true)
   if ! command -v nvidia-smi >/dev/null 2>&1; then echo "no nvidia-smi: this is not a CUDA machine" >&2; exit 1; fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/gpu: /' | tee -a "$summary"
-  TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}" EXTRAS=dev,kernels bash scripts/setup.sh "$venv" >"$out/setup.log" 2>&1 \
-    || { note "setup FAILED (see $out/setup.log)"; exit 1; }
+  {
+    [ -x "$venv/bin/python" ] || python3 -m venv --system-site-packages "$venv"
+    # pip skips what the system already has; the rest comes from the carried wheels, never the network
+    "$venv/bin/pip" install --quiet --no-index --no-deps --find-links "$wheels" "${DEPS[@]}" \
+      && "$venv/bin/pip" install --quiet --no-index --no-deps --no-build-isolation -e .
+  } >"$out/setup.log" 2>&1 || { note "setup FAILED (see $out/setup.log; run \`bash scripts/gpu_check.sh prepare\` where an index is reachable)"; exit 1; }
 fi
 py="$venv/bin/python"
 ds="$venv/bin/deepspec"
