@@ -45,7 +45,7 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/gpu: /' | tee -a "$summary"
   {
     [ -x "$venv/bin/python" ] || python3 -m venv --system-site-packages "$venv"
-    # pip skips what the system already has; the rest comes from the carried wheels, never the network
+    # what the image lacks comes from the carried wheels, never the network
     "$venv/bin/pip" install --quiet --no-index --no-deps --find-links "$wheels" "${DEPS[@]}" \
       && "$venv/bin/pip" install --quiet --no-index --no-deps --no-build-isolation -e .
   } >"$out/setup.log" 2>&1 || { note "setup FAILED (see $out/setup.log; run \`bash scripts/gpu_check.sh prepare\` where an index is reachable)"; exit 1; }
