@@ -164,6 +164,11 @@ class TrainSpec(_Section):
         description="Triton fused vocabulary losses: 'auto' uses them on CUDA when triton is installed; 'on' requires them "
         "(CUDA, or CPU with TRITON_INTERPRET=1 for testing); 'off' keeps the eager torch losses.",
     )
+    attention: Literal["auto", "sdpa", "flex"] = Field(
+        "auto",
+        description="Draft attention: 'flex' runs each mask as a flex-attention block mask (masked-out blocks are never "
+        "computed; Eagle3's TTT and the block drafters' masks are mostly empty); 'sdpa' is dense; 'auto' is flex on CUDA.",
+    )
     compile: bool = Field(
         False,
         description="torch.compile the draft's decoder layers (the first steps pay the compilation: ~40 s on a CPU).",

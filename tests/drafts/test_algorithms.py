@@ -266,3 +266,44 @@ def test_recomputation_in_backward_is_chosen_by_the_memory_budget(algo):
     assert torch.allclose(l0, l1, atol=1e-6) and g0.keys() == g1.keys()
     assert all(torch.allclose(g0[n], g1[n], atol=1e-6) for n in g0)
     assert f1 < f0
+
+
+def _flex_vs_dense(algo: str, device: str, grads: bool):
+    batch = make_batch().to(device)
+    runs = []
+    for backend in ("sdpa", "flex"):
+        d = make_draft(algo).to(device)
+        d.use_attention(backend)
+        torch.manual_seed(0)  # the block drafters sample their anchors
+        with torch.set_grad_enabled(grads):
+            out = d.forward_train(batch)
+        if grads:
+            out.loss.backward()
+        g = {n: p.grad.clone() for n, p in d.named_parameters() if p.grad is not None}
+        d.eval()
+        with torch.no_grad():
+            d.start(batch.input_ids[:1, :12], batch.aux_hidden[:1, :12])
+            prop = d.propose(batch.input_ids[:1, 12], 3, temperature=1.0,
+                             generator=torch.Generator(device).manual_seed(0))
+        runs.append((out.loss.detach(), out.metrics, g, prop))
+    (l0, m0, g0, p0), (l1, m1, g1, p1) = runs
+    assert torch.allclose(l0, l1, atol=1e-5)
+    assert all(torch.allclose(m0[k], m1[k], atol=1e-5) for k in m0)
+    assert g0.keys() == g1.keys() and all(torch.allclose(g0[n], g1[n], atol=1e-5, rtol=1e-4) for n in g0)
+    assert torch.equal(p0.tokens, p1.tokens) and torch.allclose(p0.dists, p1.dists, atol=1e-5)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_flex_attention_equals_dense_attention_on_every_algorithms_masks(algo):
+    """train.attention = flex runs each draft's real masks (Eagle3's TTT steps, the block drafters'
+    context + block) as flex-attention block masks: the same loss, metrics and proposals as dense
+    SDPA. On CPU flex runs eagerly and has no backward: gradients are compared on CUDA (below)."""
+    _flex_vs_dense(algo, "cpu", grads=False)
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        make_draft(algo).use_attention("xformers")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention's backward needs CUDA (scripts/gpu_check.sh)")
+@pytest.mark.parametrize("algo", ALGOS)
+def test_flex_attention_gradients_equal_dense_ones_on_cuda(algo):
+    _flex_vs_dense(algo, "cuda", grads=True)

@@ -119,3 +119,17 @@ def test_data_eval_is_the_validation_set(make_spec, chat_file, tiny_target, tmp_
     assert (parts.num_train, parts.num_val, parts.num_heldout) == (n_train, 5, 12)
     assert parts.val_batch([0]).input_ids[0, : len(first_eval.input_ids)].tolist() == first_eval.input_ids
     assert any("5 validation samples from data.eval (12 there)" in m for m in said)
+
+
+def test_one_place_chooses_the_attention_backend(make_spec):
+    """train.attention: 'auto' is flex on CUDA and dense SDPA elsewhere; build_parts applies the
+    choice to every draft layer."""
+    from deepspec_core.drafts.layers import DraftLayer
+    from deepspec_core.train.data import attention_backend, build_parts
+
+    assert attention_backend("auto", torch.device("cpu")) == "sdpa"
+    assert attention_backend("auto", torch.device("cuda")) == "flex"
+    assert attention_backend("flex", torch.device("cpu")) == "flex"
+    parts = build_parts(make_spec("dflash", "train.attention='flex'"), torch.device("cpu"), say=lambda m: None)
+    layers = [m for m in parts.draft.modules() if isinstance(m, DraftLayer)]
+    assert layers and all(m.attention_backend == "flex" for m in layers)

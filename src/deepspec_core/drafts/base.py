@@ -477,6 +477,17 @@ class DraftModel(nn.Module):
                 "was it trained with a different draft spec (layers, vocab, heads)?",
             )
 
+    def use_attention(self, backend: str) -> None:
+        """Run every draft layer's attention with ``backend`` (:data:`~.layers.ATTENTION_BACKENDS`):
+        dense SDPA, or flex attention with a block mask built from the same boolean mask."""
+        from .layers import ATTENTION_BACKENDS, DraftLayer
+
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}")
+        for module in self.modules():
+            if isinstance(module, DraftLayer):
+                module.attention_backend = backend
+
     def compile_layers(self) -> None:
         """``torch.compile`` every decoder layer in place (``train.compile``; weight names unchanged).
         The layers are where a step's time goes; the rest of ``forward_train`` samples anchors and

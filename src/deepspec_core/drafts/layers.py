@@ -4,8 +4,11 @@ The draft reuses the family's transformers modules (decoder layer with its proje
 MLP and RMSNorm; rotary embedding) so its weights have the family's names and numerics, but runs
 its own attention: the drafts need key/value prefixes (Eagle3's training-time-test entries,
 DFlash's injected target context, decode caches) and explicit boolean masks, which the stock
-forward does not take. Attention is ``scaled_dot_product_attention`` with a boolean mask
-(True = may attend).
+forward does not take. Every draft builds a boolean mask (True = may attend); :func:`attention`
+runs it with ``scaled_dot_product_attention`` (dense; the CPU path) or with flex attention, whose
+block mask skips every key block the mask rules out (Eagle3's training-time test sees about
+T²/2 + iT of its T·(i+1)T scores at step i; a DFlash block sees its context and itself). The
+choice is made once per draft (:meth:`DraftModel.use_attention`, ``train.attention``).
 
 Supported families (``config.model_type``): qwen3, qwen2, llama, mistral (pre-norm layers),
 gemma, gemma3_text (sandwich norms, scaled embeddings). Other targets (gemma2, gemma4, ...) get
@@ -121,6 +124,33 @@ def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torc
     return x * cos + _rotate_half(x) * sin
 
 
+ATTENTION_BACKENDS = ("sdpa", "flex")
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+              backend: str = "sdpa") -> torch.Tensor:
+    """q (B, h, Q, D), k/v (B, h_kv, S, D), mask (B|1, 1, Q, S) bool → (B, h, Q, D).
+
+    ``flex``: the same mask as a flex-attention block mask (blocks the mask rules out are never
+    computed); compiled on CUDA, eager elsewhere (slow: for parity tests)."""
+    gqa = q.shape[1] != k.shape[1]
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    dense = mask[:, 0]  # (B|1, Q, S)
+    per_row = dense.shape[0] > 1
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return dense[b if per_row else 0, q_idx, kv_idx]
+
+    cuda = q.device.type == "cuda"
+    block = create_block_mask(mask_mod, B=q.shape[0] if per_row else None, H=None, Q_LEN=q.shape[2],
+                              KV_LEN=k.shape[2], device=q.device, _compile=cuda)
+    run = torch.compile(flex_attention) if cuda else flex_attention
+    return run(q, k, v, block_mask=block, scale=scale, enable_gqa=gqa)
+
+
 class DraftLayer(nn.Module):
     """One family decoder layer with an attention that takes K/V prefixes and boolean masks.
 
@@ -137,6 +167,7 @@ class DraftLayer(nn.Module):
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.scaling = attn.scaling
+        self.attention_backend = "sdpa"  # set for the whole draft by DraftModel.use_attention
         if in_features and in_features != config.hidden_size:
             bias = bool(getattr(config, "attention_bias", False))
             attn.q_proj = nn.Linear(in_features, self.num_heads * self.head_dim, bias=bias)
@@ -170,10 +201,7 @@ class DraftLayer(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """q (B, h, Q, D), k/v (B, h_kv, S, D), mask (B|1, 1, Q, S) bool → o_proj output (B, Q, H)."""
-        out = F.scaled_dot_product_attention(
-            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=self.scaling,
-            enable_gqa=self.num_heads != self.num_kv_heads,
-        )
+        out = attention(q, k.to(q.dtype), v.to(q.dtype), mask, self.scaling, self.attention_backend)
         b, _, s, _ = out.shape
         return self.layer.self_attn.o_proj(out.transpose(1, 2).reshape(b, s, -1))
 

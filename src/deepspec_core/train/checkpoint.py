@@ -37,7 +37,8 @@ from deepspec_core.spec import RunSpec, load_spec, save_spec
 # data-loading parallelism, where files live, and the eval stage. Everything else is refused.
 RESUMABLE_FIELDS = (
     "train.log_every",
-    "train.compile",  # the same math (up to float reassociation), compiled or not
+    "train.compile",
+    "train.attention",  # the same attention, dense or block-sparse  # the same math (up to float reassociation), compiled or not
     "train.loss_memory_mb",  # the same values and gradients, recomputed in backward or kept
     "train.tensorboard",
     "train.wandb",

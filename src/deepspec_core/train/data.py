@@ -270,6 +270,7 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
     draft = parts.draft
     draft.fused_losses = use_fused_losses(spec.train.fused_losses, device)
     draft.loss_memory_budget = spec.train.loss_memory_mb << 20
+    draft.use_attention(attention_backend(spec.train.attention, device))
     if spec.train.compile:
         draft.compile_layers()
         say("compile: the draft's decoder layers run through torch.compile (train.compile)")
@@ -280,6 +281,14 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
         if p.requires_grad:
             p.data = p.data.float()
     return TrainParts(draft, dataset, num_train, num_val, spec.cache.online, parts.target_path, heldout)
+
+
+def attention_backend(setting: str, device: torch.device) -> str:
+    """Resolve ``train.attention``: 'auto' is flex attention on CUDA, dense SDPA elsewhere (flex
+    runs eagerly off CUDA: right, but slow)."""
+    if setting == "auto":
+        return "flex" if device.type == "cuda" else "sdpa"
+    return setting
 
 
 def use_fused_losses(setting: str, device: torch.device) -> bool:
