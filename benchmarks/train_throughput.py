@@ -1,8 +1,11 @@
-"""Training throughput: tokens/s and peak memory per algorithm, offline feature cache vs online features.
+"""Training throughput: tokens/s, GFLOP per step and peak memory per algorithm, offline feature cache
+vs online features.
 
 Each (algorithm, feature source) runs in its own process, so peak memory is that configuration's
 alone (peak RSS on CPU, peak allocated CUDA memory on GPU). Baseline: the offline cache of the same
-data; the ratio column is online / offline tokens/s measured in this run.
+data; the ratio column is online / offline tokens/s measured in this run. GFLOP per optimizer step
+are counted by torch's FlopCounterMode on one step of the same shapes (forward and backward of the
+draft, plus the target's forward when features are online).
 
     python benchmarks/train_throughput.py                      # tiny-quick target, stdlib chats
     python benchmarks/train_throughput.py --target tiny --steps 30 --algos dspark
@@ -67,12 +70,30 @@ def _one(args: argparse.Namespace) -> None:
 
     spec = load_spec(f"tiny-{args.algo}", _sets(args, Path(args.work), args.algo, args.mode == "online"))
     result = train(spec, Runtime(fresh=True, progress=False, say=lambda m: None))
+    gflop = _step_gflop(spec, args.micro_batch)
     if torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"algo": args.algo, "mode": args.mode, "tokens_per_s": result.train_tokens_per_s,
-                      "peak_mib": peak, "device": "cuda" if torch.cuda.is_available() else "cpu"}))
+                      "gflop_per_step": gflop, "peak_mib": peak, "device": "cuda" if torch.cuda.is_available() else "cpu"}))
+
+
+def _step_gflop(spec, micro_batch: int) -> float:
+    """FLOPs of one optimizer step (global = micro batch here): the batch (the target's forward when
+    online), the draft's forward and backward."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from deepspec_core.train.data import build_parts
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    parts = build_parts(spec, device, lambda m: None)
+    torch.manual_seed(0)
+    with FlopCounterMode(display=False) as counter:
+        batch = parts.val_batch([i - parts.num_train for i in range(micro_batch)]).to(device)  # training samples 0..
+        parts.draft.forward_train(batch).loss.backward()
+    return counter.get_total_flops() / 1e9
 
 
 def main() -> None:
@@ -113,13 +134,14 @@ def main() -> None:
             rows.append(json.loads(out.strip().splitlines()[-1]))
     table = Table(title=f"train throughput — target {args.target}, {args.steps} steps × {args.micro_batch} seqs "
                         f"≤ {args.max_length} tokens, device {rows[0]['device']}")
-    for col in ("algo", "features", "tokens/s", "peak MiB", "online / offline"):
+    for col in ("algo", "features", "tokens/s", "GFLOP/step", "peak MiB", "online / offline"):
         table.add_column(col, justify="right" if col != "algo" else "left")
     for algo in args.algos:
         off, on = (next(r for r in rows if r["algo"] == algo and r["mode"] == m) for m in ("offline", "online"))
-        table.add_row(algo, "offline cache", f"{off['tokens_per_s']:,.0f}", f"{off['peak_mib']:,.0f}", "1.00×")
-        table.add_row("", "online target", f"{on['tokens_per_s']:,.0f}", f"{on['peak_mib']:,.0f}",
-                      f"{on['tokens_per_s'] / off['tokens_per_s']:.2f}×")
+        table.add_row(algo, "offline cache", f"{off['tokens_per_s']:,.0f}", f"{off['gflop_per_step']:.2f}",
+                      f"{off['peak_mib']:,.0f}", "1.00×")
+        table.add_row("", "online target", f"{on['tokens_per_s']:,.0f}", f"{on['gflop_per_step']:.2f}",
+                      f"{on['peak_mib']:,.0f}", f"{on['tokens_per_s'] / off['tokens_per_s']:.2f}×")
     Console().print(table)
 
 
