@@ -10,6 +10,7 @@ docs/algorithms.md fits these to a + bT + cT² and adds parameters, gradients an
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
@@ -62,8 +63,8 @@ def chunk(rows: int = losses.DEFAULT_CHUNK_ROWS) -> int:
     def logits(x, e):
         return torch.nn.functional.linear(x.to(w.dtype), w).float() + head.bias(e).float()
 
-    args = (logits, w, ("ce", "tv", "correct"), ("ce", "tv"), None, None, torch.randn(rows, h).bfloat16(),
-            torch.randint(0, v, (rows,)), x, e)
+    target = functools.partial(losses.target_view, torch.randn(rows, h).bfloat16(), w, None, None)
+    args = (logits, ("ce", "tv", "correct"), ("ce", "tv"), None, target, torch.randint(0, v, (rows,)), False, x, e)
     exclude = {w.untyped_storage().data_ptr(), head.proj.weight.untyped_storage().data_ptr()}
     return saved_bytes(lambda: losses._terms_of_chunk(*args), exclude)
 

@@ -57,7 +57,7 @@ def main() -> None:
     print(f"{'algo':8} {'GFLOP/step':>11} {'recomputed':>11} {'ratio':>6}")
     for algo in args.algos:
         kept, recomputed = step_flops(algo, args, args.budget_mb << 20), step_flops(algo, args, 0)
-        print(f"{algo:8} {kept:11.2f} {recomputed:11.2f} {kept / recomputed:6.2f}")
+        print(f"{algo:8} {kept:11.4g} {recomputed:11.4g} {kept / recomputed:6.2f}")
 
 
 if __name__ == "__main__":
