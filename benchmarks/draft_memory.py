@@ -2,6 +2,8 @@
 
 Usage: python benchmarks/draft_memory.py dspark 256 512 1024   (sequence lengths; anchors = T/8)
        python benchmarks/draft_memory.py chunk                 (one 512-row loss chunk)
+       python benchmarks/draft_memory.py table                 (peak per algorithm at T = 4,096:
+                                                                eager / fused losses × dense / flex attention)
 
 Runs on CPU under bf16 autocast (what training uses on GPU) with random weights of the recipe's
 shapes, and counts the bytes of every tensor autograd saves (parameters and inputs excluded).
@@ -27,6 +29,7 @@ QWEN3_4B = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=97
 
 
 def saved_bytes(run, exclude: set[int]) -> int:
+    """Bytes of the tensors autograd saves while ``run()`` executes (each storage once)."""
     saved: dict[int, int] = {}
 
     def pack(t):
@@ -42,10 +45,11 @@ def saved_bytes(run, exclude: set[int]) -> int:
 
 def step(algo: str, t: int) -> int:
     spec = load_spec(f"{algo}-qwen3-4b")
-    if algo != "eagle3":
+    if spec.draft.max_k() is not None:
         spec.draft.num_anchors = t // 8
     w = (torch.randn(QWEN3_4B.vocab_size, QWEN3_4B.hidden_size) * 0.02).bfloat16()
     d = build_draft(spec, QWEN3_4B, w, w)
+    d.loss_memory_budget = 0  # the regime of T = 4,096 (12 B × rows × 152k columns is far over 1 GiB)
     h = QWEN3_4B.hidden_size
     batch = DraftBatch(torch.randint(0, 151000, (1, t)), torch.ones(1, t, dtype=torch.long),
                        torch.ones(1, t, dtype=torch.bool), torch.randn(1, t, 5, h).bfloat16(), torch.randn(1, t, h).bfloat16())
@@ -69,8 +73,48 @@ def chunk(rows: int = losses.DEFAULT_CHUNK_ROWS) -> int:
     return saved_bytes(lambda: losses._terms_of_chunk(*args), exclude)
 
 
+def _fit(ts: list[int], ys: list[int]) -> list[float]:
+    """(c, b, a) of a + bT + cT² through three measurements."""
+    import numpy as np
+
+    return [float(x) for x in np.polyfit(ts, ys, 2)]
+
+
+def table(t: int = 4096, measure_at: tuple[int, ...] = (256, 512, 1024)) -> None:
+    """Peak of one training step per algorithm at Qwen3-4B shapes, in GiB — computed, not measured on
+    CUDA. Parameter-side terms are exact (16 B per trainable parameter: fp32 weights, gradients and
+    two AdamW moments; the frozen bf16 embedding; the bf16 batch). Activations saved for backward are
+    measured on CPU at ``measure_at`` and fitted to a + bT + cT²; the cT² term (the boolean masks,
+    and whatever the attention saves per score) is what flex attention's block masks remove, so the
+    flex columns drop it. The loss chunk's backward is measured for the eager losses (saved tensors
+    + at most 3.5 fp32 [512, V] gradients) and computed for the fused kernels, which keep the chunk's
+    bf16 draft logits, fp32 target view and bf16 logit gradients plus the transient fp32 target
+    logits: 12 B × 512 rows × V."""
+    from deepspec_core.spec import algorithms
+
+    gib, v, h = 2**30, QWEN3_4B.vocab_size, QWEN3_4B.hidden_size
+    rows = losses.DEFAULT_CHUNK_ROWS
+    eager_chunk = chunk() + 3.5 * 4 * rows * v
+    fused_chunk = 12 * rows * v
+    frozen, batch = v * h * 2, t * 6 * h * 2
+    print(f"peak GiB of one training step at T = {t} (computed from CPU measurements; no CUDA here)")
+    print(f"{'algo':8} {'params':>12} {'eager+dense':>12} {'eager+flex':>11} {'fused+dense':>12} {'fused+flex':>11}")
+    for algo in algorithms():
+        spec = load_spec(f"{algo}-qwen3-4b")
+        with torch.device("meta"):
+            d = build_draft(spec, QWEN3_4B, torch.empty(v, h), torch.empty(v, h))
+        p = d.num_trainable_parameters()
+        c, b, a = _fit(list(measure_at), [step(algo, n) for n in measure_at])
+        sparse = 16 * p + frozen + batch + a + b * t
+        dense = sparse + c * t * t
+        cells = [dense + eager_chunk, sparse + eager_chunk, dense + fused_chunk, sparse + fused_chunk]
+        print(f"{algo:8} {p:12,d} " + " ".join(f"{x / gib:11.2f}" for x in cells), flush=True)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "chunk":
+    if sys.argv[1] == "table":
+        table()
+    elif sys.argv[1] == "chunk":
         print(f"chunk saved_bytes={chunk()}")
     else:
         for t in map(int, sys.argv[2:]):

@@ -125,7 +125,7 @@ def eval_command(
     calibration_data: Path | None = typer.Option(
         None, "--calibration-data", help="Held-out conversations for --calibrate (default: the run's validation split)."
     ),
-    out: Path | None = typer.Option(None, "--out", help="Output directory (default: <run>/eval/<step>/)."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default: <run>/eval/<step>/; <export>-eval/ beside an imported export)."),
     device: str = typer.Option("auto", "--device", help="Device: auto, cpu, cuda, cuda:1, ..."),
 ) -> None:
     """Evaluate a trained draft: lossless speculative decoding on benchmarks → results.json, plots, table."""

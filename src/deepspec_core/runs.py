@@ -71,6 +71,8 @@ def resolve_checkpoint(path: Path | str) -> tuple[Path, Path | None]:
         raise CheckpointError(
             f"draft checkpoint {p} does not exist", "pass a run directory or one of its step_<N> directories"
         )
+    if not p.is_dir():
+        raise CheckpointError(f"draft checkpoint {p} is a file", "pass the run directory or step_<N> directory holding it")
     if (p / "model.safetensors").is_file():
         run = p.parent if (p.parent / "spec.toml").is_file() else None
         return p, run

@@ -5,6 +5,7 @@ caught by the exporter's own check; drafts an engine would load silently wrong a
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -166,13 +167,52 @@ def test_vllm_refusals_name_the_reason(checkpoint, tmp_path):
 def test_an_export_imported_back_scores_the_same_tau(trained, tmp_path, algo):
     """`deepspec eval --draft EXPORT_DIR` reads the speculators format: same protocol, same rounds."""
     t = trained[algo]
-    res = CliRunner().invoke(app, ["eval", "--draft", str(t.export.out_dir), "--benchmarks", "humaneval",
+    export = tmp_path / f"export-{algo}"
+    shutil.copytree(t.export.out_dir, export)
+    res = CliRunner().invoke(app, ["eval", "--draft", str(export), "--benchmarks", "humaneval",
                                    "--limit", str(PROMPTS), "--max-new-tokens", str(MAX_NEW), "--temperature", "0",
-                                   "--data-dir", "packaged", "--out", str(tmp_path / "ev")])
+                                   "--data-dir", "packaged"])
     assert res.exit_code == 0, res.output
-    imported = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert sorted(p.name for p in export.iterdir()) == ["config.json", "model.safetensors"]  # nothing written into it
+    imported = json.loads((tmp_path / f"export-{algo}-eval" / "results.json").read_text())
     ours = t.evaluation.results
     assert imported["protocol"]["algorithm"] == algo
     assert imported["protocol"]["num_draft_tokens"] == ours.protocol.num_draft_tokens
     mine, theirs = ours.benchmarks["humaneval"], imported["benchmarks"]["humaneval"]
     assert theirs["accept_length_counts"] == mine.accept_length_counts and theirs["tau"] == mine.tau
+
+
+def test_out_is_never_anything_but_a_new_directory_or_a_previous_export(checkpoint, tmp_path, monkeypatch):
+    """--overwrite replaces a previous export only; a failed check keeps what --out held."""
+    step, _ = checkpoint("eagle3")
+    cli = CliRunner()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep")
+    (tmp_path / "afile").write_text("keep")
+    for out, says in [(step.parent, "holds the checkpoint"), (step, "holds the checkpoint"),
+                      (tmp_path / "notes", "previous export only"), (tmp_path / "afile", "is a file")]:
+        res = cli.invoke(app, ["export", str(step), "--out", str(out), "--overwrite"])
+        assert res.exit_code == 1 and says in res.output and "Traceback" not in res.output, res.output
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep" and (step / "model.safetensors").is_file()
+    good = export_draft(step, "vllm", tmp_path / "export")
+    before = (good.out_dir / "config.json").read_text()
+    real = layouts.vllm_tensors
+    monkeypatch.setattr(layouts, "vllm_tensors", lambda c, v: {**real(c, v), "an.extra.weight": (1,)})
+    with pytest.raises(ExportError, match="nothing was kept.*missing an.extra.weight"):
+        export_draft(step, "vllm", good.out_dir, overwrite=True)
+    assert (good.out_dir / "config.json").read_text() == before
+    assert not list(tmp_path.glob(".export.tmp*"))  # no temporary left behind
+
+
+def test_k_is_checked_and_an_sglang_export_is_not_read_back(checkpoint, tmp_path):
+    cli = CliRunner()
+    step, _ = checkpoint("dflash", "draft.predict_from_anchor=false")
+    for k, says in [("0", "at least one token"), ("3", "exactly k slots")]:
+        res = cli.invoke(app, ["export", str(step), "--out", str(tmp_path / f"k{k}"), "--k", k])
+        assert res.exit_code == 1 and says in res.output, res.output
+    eagle, _ = checkpoint("eagle3")
+    longer = export_draft(eagle, "vllm", tmp_path / "eagle-k9", k=9)
+    assert longer.k == 9 and any("beyond" in n for n in longer.notes)
+    export_draft(step, "sglang", tmp_path / "sg")
+    res = cli.invoke(app, ["eval", "--draft", str(tmp_path / "sg"), "--data-dir", "packaged"])
+    assert res.exit_code == 1 and "SGLang's format" in res.output, res.output

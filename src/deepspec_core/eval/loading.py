@@ -26,8 +26,9 @@ class LoadedDraft:
     draft: DraftModel  # eval mode, on the target's device
     target: Any  # targets.hf.Target
     spec: Any  # RunSpec: target + draft sections from the checkpoint, eval defaults from the run
-    step_dir: Path
+    step_dir: Path  # the checkpoint, or the imported speculators-format directory
     run_dir: Path | None
+    imported: bool = False  # read from a speculators-format directory
 
 
 def load_draft(path: Path | str, target: str | None = None, device: str = "auto") -> LoadedDraft:
@@ -43,7 +44,8 @@ def load_draft(path: Path | str, target: str | None = None, device: str = "auto"
 
     device = join_processes(device)
     p = Path(path).expanduser()
-    if p.is_dir() and is_speculators_dir(p):
+    imported = p.is_dir() and is_speculators_dir(p)
+    if imported:
         step, run = p, None
         spec = spec_from_dict(speculators_spec(p, target), source=str(p / "config.json"))
         weights_dir, weights = None, (lambda draft: speculators_weights(p, draft))
@@ -68,7 +70,7 @@ def load_draft(path: Path | str, target: str | None = None, device: str = "auto"
         ) from None
     tgt = parts.target
     draft = parts.draft.to(dtype=tgt.dtype).eval()  # decoding runs under no_grad
-    return LoadedDraft(draft, tgt, spec, step, run)
+    return LoadedDraft(draft, tgt, spec, step, run, imported)
 
 
 def join_processes(device: str) -> str:
@@ -85,6 +87,9 @@ def join_processes(device: str) -> str:
 
 
 def default_out_dir(loaded: LoadedDraft) -> Path:
+    """<run>/eval/<step>/; beside an imported export (never inside what is served): <export>-eval/."""
+    if loaded.imported:
+        return loaded.step_dir.parent / f"{loaded.step_dir.name}-eval"
     base = loaded.run_dir if loaded.run_dir is not None else loaded.step_dir
     return base / "eval" / loaded.step_dir.name
 

@@ -48,12 +48,13 @@ def export_draft(checkpoint: str | Path, fmt: str, out: str | Path, k: int | Non
     from deepspec_core.assembly import assemble, checkpoint_spec
     from deepspec_core.runs import resolve_checkpoint
 
+    fmt = fmt.lower()
     if fmt not in FORMATS:
         raise ExportError(f"unknown --format {fmt!r}", f"choose one of: {', '.join(FORMATS)}")
-    out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out} already holds files", "choose an empty --out directory, or pass --overwrite")
+    if k is not None and k < 1:
+        raise ExportError(f"--k {k}: a round drafts at least one token", "pass --k 1 or more, or leave it unset")
     step, _ = resolve_checkpoint(checkpoint)
+    out = _check_out(Path(out).expanduser(), step, overwrite)
     spec = checkpoint_spec(step)
     parts = assemble(spec, "cpu", load_target=False, weights_dir=step)
     build = vllm_export if fmt == "vllm" else sglang_export
@@ -61,11 +62,39 @@ def export_draft(checkpoint: str | Path, fmt: str, out: str | Path, k: int | Non
     tensors = {n: t.detach().to("cpu").contiguous() if n in _KEEP_DTYPE else t.detach().to("cpu", torch.bfloat16)
                .contiguous() for n, t in tensors.items()}
     config["torch_dtype"] = "bfloat16"
-    _write(out, config, tensors, overwrite)
-    verify_export(out, fmt, step)
+    _write(out, config, tensors, fmt, step)
     kind = config.get("speculators_model_type", config["architectures"][0])
     return Exported(out, fmt, spec.draft.algo, kind, k, {n: tuple(t.shape) for n, t in tensors.items()},
                     notes, launch_commands(fmt, out, config, parts.target_path, k))
+
+
+def is_export(path: Path) -> bool:
+    """A directory ``deepspec export`` (or another exporter) wrote: a draft config and weights only."""
+    config = path / "config.json"
+    if not config.is_file() or {p.name for p in path.iterdir()} - {"config.json", "model.safetensors"}:
+        return False
+    try:
+        data = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return "speculators_config" in data or data.get("architectures") in (["LlamaForCausalLMEagle3"], ["DFlashDraftModel"])
+
+
+def _check_out(out: Path, step: Path, overwrite: bool) -> Path:
+    """``--out``: a new or empty directory, or (with ``overwrite``) a previous export — never a file,
+    a directory holding anything else, the checkpoint itself or a directory above it."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file", "give a directory (it is created if missing)")
+    resolved, source = out.resolve(), step.resolve()
+    if resolved == source or resolved in source.parents:
+        raise ExportError(f"--out {out} holds the checkpoint being exported", "choose a directory outside the run")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{out} already holds files", "choose an empty --out directory, or pass --overwrite")
+        if not is_export(out):
+            raise ExportError(f"--overwrite replaces a previous export only, and {out} holds other files",
+                              "choose an empty --out directory")
+    return out
 
 
 def _verifier_path(target_path: str) -> str:
@@ -73,8 +102,9 @@ def _verifier_path(target_path: str) -> str:
     return str(p.resolve()) if p.is_dir() else target_path
 
 
-def _write(out: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], overwrite: bool) -> None:
-    """Both files into a temporary directory beside ``out``, then renamed into place."""
+def _write(out: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], fmt: str, step: Path) -> None:
+    """Both files into a temporary directory beside ``out``, checked there (:func:`verify_export`),
+    then renamed into place: a failed check leaves ``out`` as it was."""
     from safetensors.torch import save_file
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -82,10 +112,12 @@ def _write(out: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], 
     try:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        verify_export(tmp, fmt, step)
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the export from a server running as another user
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if out.exists():
-            if not overwrite and any(out.iterdir()):
-                raise ExportError(f"{out} already holds files", "pass --overwrite")
-            shutil.rmtree(out)
+            shutil.rmtree(out)  # empty, or a previous export (_check_out)
         tmp.rename(out)
     finally:
         if tmp.exists():
@@ -130,7 +162,7 @@ def verify_export(out: str | Path, fmt: str, step_dir: str | Path) -> None:
         if ref is not None and not torch.equal(t, ref.to(t.dtype)):
             problems.append(f"{name} differs from the checkpoint's tensor")
     if problems:
-        raise ExportError(f"export {out} fails its checks: {'; '.join(problems[:6])}"
+        raise ExportError(f"the export fails its own checks (nothing was kept): {'; '.join(problems[:6])}"
                           + (f" [+{len(problems) - 6} more]" if len(problems) > 6 else ""),
                           "this is a deepspec bug: please report it with the checkpoint's config.json")
 

@@ -18,8 +18,16 @@ from .speculators import rename
 
 
 def is_speculators_dir(path: Path) -> bool:
+    """A speculators-format draft directory. Raises CheckpointError for SGLang's flat format, which
+    deepspec exports but does not read back."""
     config = path / "config.json"
-    return config.is_file() and "speculators_config" in json.loads(config.read_text())
+    if not config.is_file():
+        return False
+    data = json.loads(config.read_text())
+    if data.get("architectures") in (["LlamaForCausalLMEagle3"], ["DFlashDraftModel"]) and "deepspec_config_format" not in data:
+        raise CheckpointError(f"{path} is in SGLang's format, which deepspec does not read back",
+                              "evaluate the run it was exported from, or its --format vllm export")
+    return "speculators_config" in data
 
 
 def _draft_section(config: dict[str, Any], k: int) -> dict[str, Any]:

@@ -23,10 +23,11 @@ import torch
 from deepspec_core.errors import ExportError
 
 SPECULATORS_VERSION = "0.9.0"
-# Keys of a transformers config that describe a checkpoint or a runtime, not the layer.
+# Keys of a transformers config that describe a checkpoint, a task or a runtime, not the layer.
 _NOT_LAYER = {"architectures", "auto_map", "transformers_version", "_name_or_path", "quantization_config",
               "torch_dtype", "dtype", "use_cache", "max_window_layers", "_attn_implementation", "tie_word_embeddings",
-              "bos_token_id", "eos_token_id", "pad_token_id", "output_attentions", "output_hidden_states"}
+              "bos_token_id", "eos_token_id", "pad_token_id", "output_attentions", "output_hidden_states",
+              "id2label", "label2id", "problem_type", "return_dict", "chunk_size_feed_forward", "is_encoder_decoder"}
 
 
 def rename(state: dict[str, torch.Tensor], algo: str) -> dict[str, torch.Tensor]:
@@ -124,7 +125,10 @@ def vllm_export(draft: Any, spec: Any, target_config: Any, target_path: str, k: 
         if family not in ("qwen3", "llama"):
             raise ExportError(f"vLLM's Eagle3 has Qwen3 and Llama layers only, not {family}",
                               "train for a Qwen3- or Llama-family target")
-        kind, k = "eagle3", k or d.ttt_length
+        kind, k = "eagle3", k if k is not None else d.ttt_length
+        if k > d.ttt_length:
+            notes.append(f"k = {k} drafts beyond the {d.ttt_length} steps of training-time test the draft was "
+                         "trained with: expect lower acceptance at the later positions")
         config.update(architectures=["Eagle3Speculator"], eagle_aux_hidden_state_layer_ids=aux,
                       norm_before_residual=False, norm_before_fc=False, fc_norm=False, norm_output=False)
     elif algo in ("dflash", "dspark"):
@@ -133,10 +137,12 @@ def vllm_export(draft: Any, spec: Any, target_config: Any, target_path: str, k: 
                               "train for a Qwen3-family target (or a target deepspec drafts with Qwen3 layers)")
         anchor = d.predict_from_anchor
         kind = "dspark" if (algo == "dspark" or anchor) else "dflash"
-        k = k or d.block_size
-        if kind == "dspark" and k != d.block_size:
-            raise ExportError(f"vLLM's DSpark drafts a block of exactly k slots; this draft was trained on blocks of "
+        k = k if k is not None else d.block_size
+        if k != d.block_size:  # the block's slots see one another: a shorter block drafts other tokens
+            raise ExportError(f"vLLM drafts a block of exactly k slots; this draft was trained on blocks of "
                               f"{d.block_size}", f"export with k = {d.block_size} (leave --k unset)")
+        if kind == "dspark":
+            notes.append("vLLM runs DSpark with its GPU model runner only: serve this export on a GPU machine")
         config.update(aux_hidden_state_layer_ids=aux, mask_token_id=spec.target.mask_token_id,
                       block_size=d.block_size if anchor else d.block_size + 1, sample_from_anchor=anchor)
         if kind == "dflash":
@@ -145,7 +151,7 @@ def vllm_export(draft: Any, spec: Any, target_config: Any, target_path: str, k: 
             config["architectures"] = ["DSparkSpeculator"]
             if algo == "dflash":  # served by DSpark's runtime: a rank-1 Markov head that adds exactly zero
                 notes.append("DFlash that predicts from its anchor is served by vLLM's DSpark runtime (its DFlash "
-                             "runtime has only the original layout); vLLM's DSpark needs the GPU model runner")
+                             "runtime has only the original layout)")
                 h = tensors["fc.weight"]
                 tensors["markov_head.markov_w1.weight"] = h.new_zeros(draft.vocab_size, 1)
                 tensors["markov_head.markov_w2.weight"] = h.new_zeros(draft.draft_vocab_size, 1)
@@ -188,8 +194,11 @@ def sglang_export(draft: Any, spec: Any, target_config: Any, target_path: str, k
         config = {**tl, "architectures": ["LlamaForCausalLMEagle3"], "num_hidden_layers": 1,
                   "draft_vocab_size": draft.draft_vocab_size,
                   "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(spec.target.layer_ids)}}
-        return config, tensors, k or d.default_k(), []
+        return config, tensors, k if k is not None else d.default_k(), []
     if algo == "dflash":
+        if k is not None and k != d.block_size:
+            raise ExportError(f"SGLang drafts a DFlash block of exactly k slots; this draft was trained on blocks of "
+                              f"{d.block_size}", f"export with k = {d.block_size} (leave --k unset)")
         problems = [why for bad, why in [
             (tl["model_type"] != "qwen3", f"its layers are {tl['model_type']} layers; SGLang's DFlash has Qwen3 layers"),
             (d.predict_from_anchor, "it predicts from its anchor; SGLang's DFlash drafts from mask slots only"),
