@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/draft_memory.py dspark 256 512 1024   (sequence lengths; anchors = T/8)
        python benchmarks/draft_memory.py chunk                 (one 512-row loss chunk)
-       python benchmarks/draft_memory.py table                 (peak per algorithm at T = 4,096:
+       python benchmarks/draft_memory.py table [ALGO ...]      (peak per algorithm at T = 4,096:
                                                                 eager / fused losses × dense / flex attention)
 
 Runs on CPU under bf16 autocast (what training uses on GPU) with random weights of the recipe's
@@ -80,7 +80,7 @@ def _fit(ts: list[int], ys: list[int]) -> list[float]:
     return [float(x) for x in np.polyfit(ts, ys, 2)]
 
 
-def table(t: int = 4096, measure_at: tuple[int, ...] = (256, 512, 1024)) -> None:
+def table(algos: list[str], t: int = 4096, measure_at: tuple[int, ...] = (256, 512, 1024)) -> None:
     """Peak of one training step per algorithm at Qwen3-4B shapes, in GiB — computed, not measured on
     CUDA. Parameter-side terms are exact (16 B per trainable parameter: fp32 weights, gradients and
     two AdamW moments; the frozen bf16 embedding; the bf16 batch). Activations saved for backward are
@@ -99,7 +99,7 @@ def table(t: int = 4096, measure_at: tuple[int, ...] = (256, 512, 1024)) -> None
     frozen, batch = v * h * 2, t * 6 * h * 2
     print(f"peak GiB of one training step at T = {t} (computed from CPU measurements; no CUDA here)")
     print(f"{'algo':8} {'params':>12} {'eager+dense':>12} {'eager+flex':>11} {'fused+dense':>12} {'fused+flex':>11}")
-    for algo in algorithms():
+    for algo in algos or algorithms():
         spec = load_spec(f"{algo}-qwen3-4b")
         with torch.device("meta"):
             d = build_draft(spec, QWEN3_4B, torch.empty(v, h), torch.empty(v, h))
@@ -113,7 +113,7 @@ def table(t: int = 4096, measure_at: tuple[int, ...] = (256, 512, 1024)) -> None
 
 if __name__ == "__main__":
     if sys.argv[1] == "table":
-        table()
+        table(sys.argv[2:])
     elif sys.argv[1] == "chunk":
         print(f"chunk saved_bytes={chunk()}")
     else:
