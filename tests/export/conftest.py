@@ -1,5 +1,6 @@
-"""Drafts trained briefly on the tiny target, evaluated by deepspec and exported: shared by the
-import test and the vLLM tests."""
+"""Checkpoints for the export tests: freshly initialised drafts saved as training saves them, and
+drafts trained briefly on the tiny target, evaluated by deepspec and exported (shared by the import
+test and the vLLM tests)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,36 @@ from typing import Any
 
 import pytest
 from export_helpers import MAX_NEW, PROMPTS
+
+
+@pytest.fixture
+def checkpoint(make_spec, tmp_path):
+    """A step directory of a freshly initialised ``algo`` draft, saved the way training saves it."""
+    import torch
+
+    from deepspec_core.assembly import assemble
+    from deepspec_core.runs import RunDir, checkpoint_config
+    from deepspec_core.spec import save_spec
+    from deepspec_core.train.checkpoint import TrainState, save_checkpoint
+
+    made = []
+
+    def make(algo: str, *sets: str):
+        made.append(algo)
+        spec = make_spec(algo, *sets, f"name='{algo}-{len(made)}'", root=tmp_path / "runs")
+        torch.manual_seed(0)
+        parts = assemble(spec, "cpu", load_target=False)
+        with torch.no_grad():  # a trained-looking draft: no tensor left at zero or one
+            for p in parts.draft.parameters():
+                if p.requires_grad:
+                    p.normal_(std=0.05)
+        run = RunDir(spec.run_dir())
+        run.path.mkdir(parents=True)
+        save_spec(spec, run.spec_path)
+        config = checkpoint_config(spec, parts.draft, parts.target_path)
+        return save_checkpoint(run, TrainState(step=1), parts.draft.trainable_state_dict(), config, None, [], 1), spec
+
+    return make
 
 
 @dataclass

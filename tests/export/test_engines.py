@@ -118,27 +118,13 @@ def test_speculators_loads_the_export_and_computes_our_block_logits(trained, tmp
         assert report["block_logits_max_diff"] < 1e-3 and report["argmax_agreement"] == 1.0
 
 
-def test_vllm_loads_every_tensor_of_a_dspark_export(make_spec, tmp_path):
+def test_vllm_loads_every_tensor_of_a_dspark_export(checkpoint, tmp_path):
     """vLLM's own DSpark class and load_weights on our export: nothing left unloaded but what vLLM
     shares from the target at run time, every tensor intact after its stacking."""
     engine()
-    import torch
-
-    from deepspec_core.assembly import assemble
     from deepspec_core.export import export_draft
-    from deepspec_core.runs import RunDir, checkpoint_config
-    from deepspec_core.train.checkpoint import TrainState, save_checkpoint
 
-    spec = make_spec("dspark")
-    parts = assemble(spec, "cpu", load_target=False)
-    with torch.no_grad():  # a trained-looking draft: the Markov head's W2 starts at zero
-        for p in parts.draft.parameters():
-            if p.requires_grad:
-                p.normal_(std=0.05)
-    run = RunDir(spec.run_dir())
-    run.path.mkdir(parents=True)
-    step = save_checkpoint(run, TrainState(step=1), parts.draft.trainable_state_dict(),
-                           checkpoint_config(spec, parts.draft, parts.target_path), None, [], 1)
+    step, _ = checkpoint("dspark")
     ex = export_draft(step, "vllm", tmp_path / "export")
     _engine_run("load", str(ex.out_dir), str(tmp_path / "load.json"))
     report = json.loads((tmp_path / "load.json").read_text())
