@@ -19,6 +19,7 @@ the hidden size of the shared embedding and lm_head does.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 from dataclasses import dataclass
 
@@ -147,8 +148,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     cuda = q.device.type == "cuda"
     block = create_block_mask(mask_mod, B=q.shape[0] if per_row else None, H=None, Q_LEN=q.shape[2],
                               KV_LEN=k.shape[2], device=q.device, _compile=cuda)
-    run = torch.compile(flex_attention) if cuda else flex_attention
+    run = _compiled_flex() if cuda else flex_attention
     return run(q, k, v, block_mask=block, scale=scale, enable_gqa=gqa)
+
+
+@functools.cache
+def _compiled_flex():
+    """flex_attention compiled once per process (wrapping it at every call would re-enter dynamo)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
 
 
 class DraftLayer(nn.Module):

@@ -77,7 +77,7 @@ def is_export(path: Path) -> bool:
         data = json.loads(config.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
-    return "speculators_config" in data or data.get("architectures") in (["LlamaForCausalLMEagle3"], ["DFlashDraftModel"])
+    return "speculators_config" in data or layouts.is_sglang_config(data)
 
 
 def _check_out(out: Path, step: Path, overwrite: bool) -> Path:
@@ -174,7 +174,7 @@ def launch_commands(fmt: str, out: Path, config: dict[str, Any], target_path: st
         return [f"vllm serve {out}",
                 f"python -c \"from vllm import LLM; LLM(model='{out}')\"   # offline; the target comes from the config"]
     head = f"python -m sglang.launch_server --model-path {target_path} --speculative-draft-model-path {out}"
-    if config["architectures"] == ["LlamaForCausalLMEagle3"]:
+    if config["architectures"] == [layouts.SGLANG_EAGLE3]:
         return [f"{head} --speculative-algorithm EAGLE3 --speculative-num-steps {k} --speculative-eagle-topk 1 "
                 f"--speculative-num-draft-tokens {k + 1}"]
     return [f"{head} --speculative-algorithm DFLASH --speculative-num-draft-tokens {config['block_size']}"]

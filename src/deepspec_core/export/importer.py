@@ -14,6 +14,7 @@ import torch
 
 from deepspec_core.errors import CheckpointError
 
+from .layouts import is_sglang_config
 from .speculators import rename
 
 
@@ -24,7 +25,7 @@ def is_speculators_dir(path: Path) -> bool:
     if not config.is_file():
         return False
     data = json.loads(config.read_text())
-    if data.get("architectures") in (["LlamaForCausalLMEagle3"], ["DFlashDraftModel"]) and "deepspec_config_format" not in data:
+    if is_sglang_config(data):
         raise CheckpointError(f"{path} is in SGLang's format, which deepspec does not read back",
                               "evaluate the run it was exported from, or its --format vllm export")
     return "speculators_config" in data

@@ -17,6 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 Shapes = dict[str, tuple[int, ...]]
+SGLANG_EAGLE3, SGLANG_DFLASH = "LlamaForCausalLMEagle3", "DFlashDraftModel"  # SGLang's draft classes
+
+
+def is_sglang_config(config: dict[str, Any]) -> bool:
+    return config.get("architectures") in ([SGLANG_EAGLE3], [SGLANG_DFLASH])
 
 
 def _layer(prefix: str, c: dict[str, Any], in_features: int, qk_norm: bool, hidden_norm: bool = False) -> Shapes:
@@ -76,7 +81,7 @@ def vllm_tensors(config: dict[str, Any], target_vocab: int) -> Shapes:
 def sglang_tensors(config: dict[str, Any], target_vocab: int) -> Shapes:
     """Tensor names and shapes SGLang's draft class for an exported ``config`` loads."""
     h = config["hidden_size"]
-    if config["architectures"] == ["LlamaForCausalLMEagle3"]:
+    if config["architectures"] == [SGLANG_EAGLE3]:
         out = {"fc.weight": (h, 3 * h), "norm.weight": (h,)}
         out |= _layer("midlayer.", config, 2 * h, qk_norm=False, hidden_norm=True)
         vd = config.get("draft_vocab_size") or target_vocab

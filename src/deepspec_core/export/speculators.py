@@ -22,6 +22,8 @@ import torch
 
 from deepspec_core.errors import ExportError
 
+from .layouts import SGLANG_DFLASH, SGLANG_EAGLE3
+
 SPECULATORS_VERSION = "0.9.0"
 # Keys of a transformers config that describe a checkpoint, a task or a runtime, not the layer.
 _NOT_LAYER = {"architectures", "auto_map", "transformers_version", "_name_or_path", "quantization_config",
@@ -191,7 +193,7 @@ def sglang_export(draft: Any, spec: Any, target_config: Any, target_path: str, k
         if problems:
             raise ExportError(f"SGLang's LlamaForCausalLMEagle3 would load this draft silently wrong: {'; '.join(problems)}",
                               "export with --format vllm")
-        config = {**tl, "architectures": ["LlamaForCausalLMEagle3"], "num_hidden_layers": 1,
+        config = {**tl, "architectures": [SGLANG_EAGLE3], "num_hidden_layers": 1,
                   "draft_vocab_size": draft.draft_vocab_size,
                   "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(spec.target.layer_ids)}}
         return config, tensors, k if k is not None else d.default_k(), []
@@ -207,7 +209,7 @@ def sglang_export(draft: Any, spec: Any, target_config: Any, target_path: str, k
         if problems:
             raise ExportError(f"SGLang's DFlashDraftModel would load this draft silently wrong: {'; '.join(problems)}",
                               "export with --format vllm, or train DFlash with draft.predict_from_anchor = false")
-        config = {**tl, "architectures": ["DFlashDraftModel"], "block_size": d.block_size + 1,
+        config = {**tl, "architectures": [SGLANG_DFLASH], "block_size": d.block_size + 1,
                   "dflash_config": {"mask_token_id": spec.target.mask_token_id,
                                     "target_layer_ids": list(spec.target.layer_ids), "block_size": d.block_size + 1}}
         return config, tensors, d.block_size, []
