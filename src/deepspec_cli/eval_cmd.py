@@ -31,7 +31,7 @@ def render(r: EvalResults) -> list[Table]:
     )
     speed = any(b.speed is not None for b in r.benchmarks.values())
     for col in ["benchmark", "samples", "rounds", "drafted/round", "τ"] + (
-        ["target tok/s", "spec tok/s", "speedup"] if speed else []
+        ["target tok/s", "spec tok/s", "round cost", "speedup"] if speed else []
     ):
         main.add_column(col, justify="left" if col == "benchmark" else "right")
     pos = Table(title="conditional acceptance by draft position")
@@ -48,10 +48,11 @@ def render(r: EvalResults) -> list[Table]:
         if speed:
             s = getattr(res, "speed", None)
             if s is not None:
-                cells += [f"{s.target_tokens_per_s:.1f}", f"{s.spec_tokens_per_s:.1f}", f"{s.speedup:.2f}×"]
-            else:
-                macro_speedup = getattr(res, "speedup", None)  # the macro row's mean speedup
-                cells += ["", "", f"{macro_speedup:.2f}×" if macro_speedup else "–"]
+                cells += [f"{s.target_tokens_per_s:.1f}", f"{s.spec_tokens_per_s:.1f}", _num(s.round_cost),
+                          f"{s.speedup:.2f}×"]
+            else:  # the macro row: means over the benchmarks
+                macro_speedup, macro_cost = getattr(res, "speedup", None), getattr(res, "round_cost", None)
+                cells += ["", "", _num(macro_cost), f"{macro_speedup:.2f}×" if macro_speedup else "–"]
         style = "bold" if name == "macro" else None
         main.add_row(*cells, style=style)
         pos.add_row(name, *(_num(a) for a in res.acceptance_conditional), style=style)
@@ -127,13 +128,18 @@ def eval_command(
     ),
     out: Path | None = typer.Option(None, "--out", help="Output directory (default: <run>/eval/<step>/; <export>-eval/ beside an imported export)."),
     device: str = typer.Option("auto", "--device", help="Device: auto, cpu, cuda, cuda:1, ..."),
+    draft_dtype: str = typer.Option(
+        "auto", "--draft-dtype",
+        help="dtype the draft decodes in: auto (the target's; bf16 beside an fp32 target on a CPU with native bf16), "
+        "bfloat16, float16 or float32. It changes the proposals, never the output.",
+    ),
 ) -> None:
     """Evaluate a trained draft: lossless speculative decoding on benchmarks → results.json, plots, table."""
     from deepspec_core.eval.loading import load_draft
     from deepspec_core.eval.runner import evaluate
 
     with progress_for(console) as progress:
-        loaded = load_draft(draft, target, device)
+        loaded = load_draft(draft, target, device, draft_dtype)
         if thinking is not None and thinking != loaded.spec.target.thinking:
             console.print(
                 f"[yellow]note:[/] thinking {'on' if thinking else 'off'} overrides the draft's training "

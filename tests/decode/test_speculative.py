@@ -79,6 +79,37 @@ def test_greedy_is_token_identical_to_target_greedy_for_each_algorithm(algo):
 
 
 @pytest.mark.parametrize("algo", ALGOS)
+def test_a_bf16_draft_beside_an_fp32_target_changes_proposals_not_output(algo):
+    """The CPU decoding default (bf16 draft, fp32 target): greedy output is still the target's, and
+    sampling at T = 1 runs on the fp32 distributions the bf16 draft sampled from."""
+    model = _target()
+    draft = _draft(algo, model).to(torch.bfloat16)
+    for ids in _prompts(6, seed=1):
+        want = target_generate(model, ids, max_new_tokens=16)
+        got = speculative_generate(model, draft, ids, num_draft_tokens=3, max_new_tokens=16)
+        assert got.tokens == want.tokens, (algo, ids)
+    prop_gen = torch.Generator().manual_seed(0)
+    draft.start(ids, torch.zeros(1, ids.shape[1], 2, 32))
+    prop = draft.propose(torch.tensor([1]), 3, 1.0, prop_gen)
+    assert prop.dists is not None and prop.dists.dtype == torch.float32
+    torch.testing.assert_close(prop.dists.sum(-1), torch.ones(1, 3))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 6, 8, 9])
+def test_target_logits_of_a_few_rows_equal_the_lm_head(rows):
+    """lm_logits computes a verification's rows as W·hᵀ on a CPU; the values are the head's."""
+    from deepspec_core.decode.speculative import lm_logits
+
+    model = _target(vocab=300)
+    hidden = torch.randn(1, rows, 32)
+    want = model.lm_head(hidden)
+    got = lm_logits(model, hidden)
+    assert got.shape == want.shape == (1, rows, 300) and got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lm_logits(model, hidden[:, 0]), model.lm_head(hidden[:, 0]))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
 def test_greedy_is_lossless_with_a_reduced_draft_vocabulary(algo):
     """Drafts limited to 12 of 48 tokens (a non-contiguous mapping) still give the target's tokens."""
     from deepspec_core.drafts.base import build_vocab_mapping

@@ -85,8 +85,13 @@ def test_evaluate_writes_valid_results_and_auditable_outputs(tmp_path, tiny_targ
         # speed: every generated token timed both ways; the speedup is the ratio of the two times
         assert b.speed.tokens == b.generated_tokens
         assert b.speed.speedup == pytest.approx(b.speed.target_seconds / b.speed.spec_seconds)
+        # a round's cost in target steps: (tokens per round) / speedup, every round having been timed
+        assert b.speed.rounds == b.rounds
+        assert b.speed.round_cost == pytest.approx(b.speed.tokens / b.rounds / b.speed.speedup)
         assert json.loads((out / f"{name}.json").read_text())["tau"] == b.tau
     assert r.macro.speedup == pytest.approx(sum(b.speed.speedup for b in r.benchmarks.values()) / 2)
+    assert r.macro.round_cost == pytest.approx(sum(b.speed.round_cost for b in r.benchmarks.values()) / 2)
+    assert p.draft_dtype == str(load_draft(run).draft.param_dtype).removeprefix("torch.")
     for plot in ("acceptance.png", "tau.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
 
@@ -145,6 +150,23 @@ def test_overrides_are_recorded(tmp_path, tiny_target):
     assert (tmp_path / "ev" / "results.json").is_file() and not (tmp_path / "ev" / "tau.png").exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "target", "fast_bf16", "want"),
+    [("auto", torch.float32, True, torch.bfloat16), ("auto", torch.float32, False, torch.float32),
+     ("auto", torch.bfloat16, False, torch.bfloat16), ("float32", torch.float32, True, torch.float32),
+     ("bfloat16", torch.float32, False, torch.bfloat16)],
+)
+def test_the_draft_decodes_in_bf16_beside_an_fp32_target_only_where_the_cpu_has_fast_bf16(
+    monkeypatch, name, target, fast_bf16, want
+):
+    from deepspec_core.eval import loading
+
+    monkeypatch.setattr(loading, "cpu_has_fast_bf16", lambda: fast_bf16)
+    assert loading.decode_draft_dtype(name, target, torch.device("cpu")) == want
+    # on a GPU "auto" is the target's dtype
+    assert loading.decode_draft_dtype("auto", torch.float32, torch.device("cuda")) == torch.float32
+
+
 def test_checkpoint_resolution_errors(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         resolve_checkpoint(tmp_path / "nope")
@@ -166,6 +188,15 @@ def test_cli_eval(tmp_path, tiny_target):
     assert res.exit_code == 0, res.output
     assert "τ" in res.output and "mbpp" in res.output
     assert (tmp_path / "o" / "results.json").is_file()
+    # --draft-dtype: recorded in the protocol; --speed adds the round cost column
+    res = cli.invoke(app, [*_mbpp_eval_args(run, limit=1, max_new_tokens=6), "--out", str(tmp_path / "b"),
+                           "--draft-dtype", "bfloat16", "--speed"])
+    assert res.exit_code == 0, res.output
+    written = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert written["protocol"]["draft_dtype"] == "bfloat16"
+    assert written["benchmarks"]["mbpp"]["speed"]["round_cost"] > 0 and "speedup" in res.output
+    bad = cli.invoke(app, [*_mbpp_eval_args(run, limit=1, max_new_tokens=6), "--draft-dtype", "fp8"])
+    assert bad.exit_code == 1 and "unknown dtype 'fp8'" in bad.output and "Traceback" not in bad.output
     bad = cli.invoke(app, ["eval", "--draft", str(tmp_path / "missing")])
     assert bad.exit_code == 1 and "does not exist" in bad.output
     bad = cli.invoke(app, ["eval", "--draft", str(run), "--benchmarks", "gsm9k", "--data-dir", "packaged"])

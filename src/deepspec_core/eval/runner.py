@@ -87,6 +87,7 @@ class BenchmarkRun:
     spec_seconds: float = 0.0
     target_seconds: float = 0.0
     timed_tokens: int = 0
+    timed_rounds: int = 0
     outputs: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -149,6 +150,7 @@ def run_benchmark(
                 out.spec_seconds += secs
                 out.target_seconds += base
                 out.timed_tokens += len(res.tokens)
+                out.timed_rounds += res.rounds
             text = tok.decode(res.tokens, skip_special_tokens=True)
             messages.append({"role": "assistant", "content": text})
             if s.save_outputs:
@@ -215,6 +217,7 @@ def _protocol(
         deepspec_version=__version__,
         device=_device_name(t.device),
         dtype=str(t.dtype).removeprefix("torch."),
+        draft_dtype=str(loaded.draft.param_dtype).removeprefix("torch."),
     )
 
 
@@ -242,6 +245,7 @@ def evaluate(
     save_outputs: bool = False,
     out_dir: str | Path | None = None,
     device: str = "auto",
+    draft_dtype: str = "auto",
     progress: Progress | bool | None = None,
     plots: bool = True,
     draft_length: str = "fixed",
@@ -255,14 +259,16 @@ def evaluate(
     ``draft_length`` picks the draft-length policy (:mod:`deepspec_core.decode.policy`); the
     scheduler profiles SPS(B) on this machine first. ``calibrate`` fits STS temperatures on
     held-out prompts (``calibration_data``, else the run's validation split) and stores them with
-    the checkpoint; temperatures stored earlier are used otherwise. ``progress`` reports each
+    the checkpoint; temperatures stored earlier are used otherwise. ``draft_dtype`` is the draft's
+    decoding dtype (:func:`~deepspec_core.eval.loading.decode_draft_dtype`; ignored for a draft
+    already loaded). ``progress`` reports each
     benchmark as a stage (:mod:`deepspec_core.progress`). Raises SpecError for an unknown policy
     and DataError when calibration has no held-out prompts."""
     from deepspec_core.distributed import detect_env
 
     env = detect_env()
     reporter = as_progress(progress if env.is_main else False)  # one process reports
-    loaded = draft if isinstance(draft, LoadedDraft) else load_draft(draft, target, device)
+    loaded = draft if isinstance(draft, LoadedDraft) else load_draft(draft, target, device, draft_dtype)
     ev = loaded.spec.eval
     names = bm.parse_benchmarks(benchmarks if benchmarks is not None else ev.benchmarks)
     s = EvalSettings(
@@ -297,7 +303,7 @@ def evaluate(
         if env.distributed:
             run = _gather(run)
         speed_ = (
-            mt.make_speed(run.timed_tokens, run.target_seconds, run.spec_seconds)
+            mt.make_speed(run.timed_tokens, run.target_seconds, run.spec_seconds, run.timed_rounds)
             if speed and run.timed_tokens
             else None
         )
@@ -345,6 +351,7 @@ def _gather(run: BenchmarkRun) -> BenchmarkRun:
         merged.spec_seconds += r.spec_seconds
         merged.target_seconds += r.target_seconds
         merged.timed_tokens += r.timed_tokens
+        merged.timed_rounds += r.timed_rounds
         merged.outputs += r.outputs
     merged.outputs.sort(key=lambda o: (o["sample"], o["turn"]))
     return merged
