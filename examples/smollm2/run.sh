@@ -15,7 +15,8 @@ DS="${DEEPSPEC:-deepspec}"
 PY="${PYTHON:-python}"
 ALGOS=(eagle3 dflash dspark)
 
-PROMPTS=480                 # math / code / chat prompts made by make_prompts.py
+PROMPTS=1680                # math / code / chat prompts made by make_prompts.py
+VLLM_PORT="${VLLM_PORT:-8011}"
 REGEN_ARGS=(--spec dspark.toml)
 TRAIN_SET=()
 EVAL_ARGS=()
@@ -41,9 +42,34 @@ stage "prompts: $PROMPTS offline math / code / chat prompts"
 [ -f work/data/prompts.jsonl ] || "$PY" make_prompts.py --out work/data/prompts.jsonl --n "$PROMPTS"
 [ -f work/data/train.jsonl ] || "$DS" data fetch work/data/prompts.jsonl --out work/data/train.jsonl --test-size 0.05
 
-stage "regen: the target answers every prompt (batched local backend)"
-"$DS" data regen "${REGEN_ARGS[@]}" --in work/data/train.jsonl --out work/data/train.regen.jsonl
-"$DS" data regen "${REGEN_ARGS[@]}" --in work/data/train.heldout.jsonl --out work/data/train.heldout.regen.jsonl
+# Regeneration goes through vLLM's OpenAI server when the engine venv (scripts/engine_venv.sh) exists:
+# about 2x the in-process backend's tokens/s here (docs/data.md). REGEN_BACKEND=local forces the latter.
+ENGINE_PY="${DEEPSPEC_ENGINE_VENV:-$HOME/.cache/deepspec/engine-venv}/bin/python"
+done_lines() { [ -f "$2" ] && [ "$(wc -l < "$1")" = "$(wc -l < "$2")" ]; }
+if done_lines work/data/train.jsonl work/data/train.regen.jsonl \
+   && done_lines work/data/train.heldout.jsonl work/data/train.heldout.regen.jsonl; then
+  stage "regen: done earlier"
+else
+  if [ -x "$ENGINE_PY" ] && [ "${REGEN_BACKEND:-auto}" != local ]; then
+    stage "regen: the target answers every prompt (vLLM server on 127.0.0.1:$VLLM_PORT)"
+    VLLM_CPU_KVCACHE_SPACE=2 setsid "$ENGINE_PY" -m vllm.entrypoints.openai.api_server --model work/target \
+      --served-model-name smollm2 --host 127.0.0.1 --port "$VLLM_PORT" --dtype bfloat16 --max-model-len 1024 \
+      --max-num-seqs 32 --no-enable-chunked-prefill > work/vllm.log 2>&1 &
+    server=$!
+    trap 'kill -- -"$server" 2>/dev/null || true' EXIT
+    for _ in $(seq 300); do
+      curl -sf "http://127.0.0.1:$VLLM_PORT/v1/models" > /dev/null && break
+      kill -0 "$server" 2>/dev/null || { tail -n 30 work/vllm.log; echo "vLLM exited (work/vllm.log)"; exit 1; }
+      sleep 2
+    done
+    REGEN_ARGS+=(--backend openai --server "http://127.0.0.1:$VLLM_PORT" --concurrency 32)
+  else
+    stage "regen: the target answers every prompt (batched local backend)"
+  fi
+  "$DS" data regen "${REGEN_ARGS[@]}" --in work/data/train.jsonl --out work/data/train.regen.jsonl
+  "$DS" data regen "${REGEN_ARGS[@]}" --in work/data/train.heldout.jsonl --out work/data/train.heldout.regen.jsonl
+  if [ -n "${server:-}" ]; then kill -- -"$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; trap - EXIT; fi
+fi
 
 stage "cache: target features, shared by the three drafts"
 "$DS" data cache dspark.toml

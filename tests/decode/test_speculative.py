@@ -96,17 +96,24 @@ def test_a_bf16_draft_beside_an_fp32_target_changes_proposals_not_output(algo):
 
 
 @pytest.mark.parametrize("rows", [1, 2, 6, 8, 9])
-def test_target_logits_of_a_few_rows_equal_the_lm_head(rows):
-    """lm_logits computes a verification's rows as W·hᵀ on a CPU; the values are the head's."""
-    from deepspec_core.decode.speculative import lm_logits
+def test_a_verification_forward_under_few_row_linear_equals_the_plain_forward(rows):
+    """FewRowLinear (W·xᵀ for 2–8 fp32 CPU rows) changes the kernel, not the values: the target's
+    logits and captured features agree with the plain forward to fp32 rounding."""
+    from deepspec_core.decode.cpu_linear import FewRowLinear, few_row_linear
+    from deepspec_core.decode.speculative import capture_features, lm_logits
 
     model = _target(vocab=300)
-    hidden = torch.randn(1, rows, 32)
-    want = model.lm_head(hidden)
-    got = lm_logits(model, hidden)
-    assert got.shape == want.shape == (1, rows, 300) and got.is_contiguous()
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(lm_logits(model, hidden[:, 0]), model.lm_head(hidden[:, 0]))
+    ids = torch.randint(0, 300, (1, rows))
+    want = capture_features(model, ids, layer_ids=[0, 2])
+    with FewRowLinear():
+        got = capture_features(model, ids, layer_ids=[0, 2])
+        logits = lm_logits(model, got.final_hidden)
+    assert (few_row_linear(got.final_hidden, model.lm_head.weight) is not None) == (2 <= rows <= 8)
+    torch.testing.assert_close(got.aux_hidden, want.aux_hidden, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, model.lm_head(want.final_hidden), rtol=1e-5, atol=1e-5)
+    x, w, bias = torch.randn(3, 5, 16), torch.randn(7, 16), torch.randn(7)
+    torch.testing.assert_close(few_row_linear(x[:1, :4], w, bias), torch.nn.functional.linear(x[:1, :4], w, bias))
+    assert few_row_linear(x[:1, :4].bfloat16(), w.bfloat16()) is None  # only fp32 changes kernel
 
 
 @pytest.mark.parametrize("algo", ALGOS)

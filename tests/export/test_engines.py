@@ -13,32 +13,27 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from export_helpers import MAX_NEW, PROMPTS
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from servers.vllm_server import engine_python  # noqa: E402
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-ENGINE_PY = Path(os.environ.get("DEEPSPEC_ENGINE_VENV", Path.home() / ".cache" / "deepspec" / "engine-venv")) / "bin" / "python"
 # τ two ways: vLLM's 1 + accepted / drafts against deepspec's committed-token τ. They count the same
 # rounds, but deepspec decodes with the fp32 checkpoint and vLLM with the bf16 export, and deepspec
 # credits no bonus token after an accepted EOS: measured gap 0.02–0.07 (docs/serving.md).
 TAU_TOLERANCE = 0.15
 
 
-def engine() -> Path:
-    if ENGINE_PY.is_file():
-        return ENGINE_PY
-    if os.environ.get("DEEPSPEC_REQUIRE_ENGINE") == "1":
-        pytest.fail(f"DEEPSPEC_REQUIRE_ENGINE=1 but there is no engine venv at {ENGINE_PY.parent.parent}")
-    pytest.skip("no engine venv: run `bash scripts/engine_venv.sh` to test exports in vLLM")
-
-
 def _engine_run(*args: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "2", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    proc = subprocess.run([str(engine()), str(REPO / "scripts" / "engine_check.py"), *args], env=env,
+    proc = subprocess.run([str(engine_python()), str(REPO / "scripts" / "engine_check.py"), *args], env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -46,7 +41,7 @@ def _engine_run(*args: str) -> None:
 @pytest.fixture(scope="module")
 def served(trained, tmp_path_factory):
     """The same prompts served by vLLM: target-only and with each exported draft."""
-    engine()
+    engine_python()
     out = tmp_path_factory.mktemp("vllm")
     evals = {a: t.evaluation for a, t in trained.items()}
     rows = [json.loads(line) for line in (evals["eagle3"].out_dir / "outputs" / "humaneval.jsonl").read_text().splitlines()]
@@ -110,7 +105,7 @@ def _speculators_check(export_dir: Path, tmp_path: Path, name: str) -> dict:
 
 @pytest.mark.parametrize("algo", ["eagle3", "dflash"])
 def test_speculators_loads_the_export_and_computes_our_block_logits(trained, tmp_path, algo):
-    engine()
+    engine_python()
     report = _speculators_check(trained[algo].export.out_dir, tmp_path, algo)
     assert report["unset"] == [] and report["not_as_written"] == [], report
     if algo != "eagle3":
@@ -121,7 +116,7 @@ def test_speculators_loads_the_export_and_computes_our_block_logits(trained, tmp
 def test_vllm_loads_every_tensor_of_a_dspark_export(checkpoint, tmp_path):
     """vLLM's own DSpark class and load_weights on our export: nothing left unloaded but what vLLM
     shares from the target at run time, every tensor intact after its stacking."""
-    engine()
+    engine_python()
     from deepspec_core.export import export_draft
 
     step, _ = checkpoint("dspark")

@@ -16,7 +16,7 @@ import torch
 
 from deepspec_core.decode.speculative import speculative_generate, target_generate
 from deepspec_core.drafts import build_draft
-from deepspec_core.eval.loading import eos_token_ids, load_draft
+from deepspec_core.eval.loading import decode_draft_dtype, eos_token_ids, load_draft
 from deepspec_core.spec import load_spec
 from deepspec_core.targets.hf import load_target
 
@@ -38,7 +38,8 @@ def _draft(algo: str, target):
     spec = spec.model_copy(update={"target": spec.target.model_copy(update={"model": str(target.path)})})
     torch.manual_seed(0)
     draft = build_draft(spec, target.config, target.model.get_input_embeddings(), target.model.get_output_embeddings())
-    return draft.eval(), False
+    # the dtype eval would decode it in (bf16 on a CPU with native bf16): that path must stay lossless too
+    return draft.to(decode_draft_dtype("auto", torch.float32, torch.device("cpu"))).eval(), False
 
 
 @pytest.mark.slow

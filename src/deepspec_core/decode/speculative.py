@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepspec_core.decode.cpu_linear import FewRowLinear
 from deepspec_core.decode.kvcache import crop_cache, new_cache
 from deepspec_core.decode.policy import DraftLength
 from deepspec_core.decode.rounds import RoundOutcome
@@ -130,29 +131,9 @@ VerifyFn = Callable[[Any, torch.Tensor, float, "torch.Generator | None"], Verdic
 
 def lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Target logits from final-norm hidden states (B, T, H) or (B, H) → (…, V), with the target's softcap."""
-    head = get_lm_head(model)
-    logits = _few_rows_cpu_fp32(head, hidden)
-    if logits is None:
-        logits = head(hidden)
+    logits = get_lm_head(model)(hidden)
     cap = getattr(text_config(model.config), "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
-
-
-def _few_rows_cpu_fp32(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor | None:
-    """``head(hidden)`` computed as W·hᵀ for a handful of fp32 rows on a CPU, else None.
-
-    A verification reads k + 1 rows through a (V, H) head. The CPU's fp32 GEMM repacks the whole
-    weight for every call with a few rows, which made 6 rows cost 2.4× one row on SmolLM2's
-    49,152 × 576 head (24 ms against 10 ms); with the weight as the left operand it is streamed
-    once (6 ms). The values agree with ``head(hidden)`` to fp32 rounding (a different summation order).
-    """
-    w = getattr(head, "weight", None)
-    rows = hidden.numel() // hidden.shape[-1]
-    if (not isinstance(head, nn.Linear) or head.bias is not None or w is None or hidden.device.type != "cpu"
-            or hidden.dtype != torch.float32 or w.dtype != torch.float32 or not 2 <= rows <= 8):
-        return None
-    flat = hidden.reshape(rows, hidden.shape[-1])  # (R, H)
-    return torch.mm(w, flat.T).T.contiguous().reshape(*hidden.shape[:-1], w.shape[0])  # (…, V)
 
 
 # -- decoding ----------------------------------------------------------------------------------
@@ -252,8 +233,10 @@ def speculative_generate(
             prop = prop.head(policy.length(prop.confidences[0].tolist()))
         drafted = prop.tokens.shape[1]  # k, or fewer when the policy stopped the chain
         block = torch.cat([last[:, None], prop.tokens], dim=1)  # (1, drafted+1)
-        feats = capture_features(model, block, layer_ids=layer_ids, past_key_values=cache, use_cache=True)
-        verdict = verify_fn(prop, lm_logits(model, feats.final_hidden), temperature, generator)
+        with FewRowLinear():  # k + 1 rows at about the cost of one on a CPU (cpu_linear)
+            feats = capture_features(model, block, layer_ids=layer_ids, past_key_values=cache, use_cache=True)
+            logits = lm_logits(model, feats.final_hidden)  # (1, drafted+1, V)
+        verdict = verify_fn(prop, logits, temperature, generator)
         n = int(verdict.num_accepted[0])
         crop_cache(cache, drafted - n)  # keep last + the n accepted drafts
         if prop.confidences is not None:
