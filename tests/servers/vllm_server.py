@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from servers.openai_server import free_port
 
 ENGINE_PY = (Path(os.environ.get("DEEPSPEC_ENGINE_VENV", Path.home() / ".cache" / "deepspec" / "engine-venv"))
