@@ -26,12 +26,18 @@ DOMAIN = {"gsm8k": "math", "math500": "math", "humaneval": "code", "mt-bench": "
 
 
 def write_result(dir_, name, lengths_by_bench, temperature=1.0, samples=4, speed=None, algorithm="dflash",
-                 **protocol_fields):
+                 per_prompt=False, **protocol_fields):
+    """One results.json; with ``per_prompt`` each round length is its own prompt (samples = rounds)."""
     k = 3
-    benches = {b: benchmark_result([RoundOutcome.of(n - 1, k, n) for n in ls], k, samples=samples, turns=samples,
-                                   generated_tokens=sum(ls) + samples,
-                                   speed=make_speed(sum(ls), 2.0, 2.0 / speed) if speed else None)
+    benches = {b: benchmark_result([RoundOutcome.of(n - 1, k, n) for n in ls], k,
+                                   samples=len(ls) if per_prompt else samples,
+                                   turns=len(ls) if per_prompt else samples,
+                                   generated_tokens=sum(ls) + (len(ls) if per_prompt else samples),
+                                   speed=make_speed(sum(ls), 2.0, 2.0 / speed) if speed else None,
+                                   prompt_rounds=[[n, 1] for n in ls] if per_prompt else None)
                for b, ls in lengths_by_bench.items()}
+    if per_prompt:
+        samples = len(next(iter(lengths_by_bench.values())))
     fields = dict(
         target="tiny", draft=str(dir_ / name / "step_10"), algorithm=algorithm, temperature=temperature,
         max_new_tokens=64, thinking=False, thinking_source="draft", chat_template_hash="abc", all_turns=False,
@@ -99,7 +105,8 @@ def test_protocol_mismatch_is_refused_with_differences(tmp_path):
 @pytest.mark.parametrize(
     ("field", "value"),
     [("bonus_token_in_tau", False), ("all_turns", True), ("num_draft_tokens", 2), ("max_new_tokens", 32),
-     ("thinking", True), ("chat_template_hash", "other"), ("subset_seed", 0), ("dtype", "bfloat16")],
+     ("thinking", True), ("chat_template_hash", "other"), ("subset_seed", 0), ("dtype", "bfloat16"),
+     ("draft_dtype", "bfloat16")],
 )
 def test_every_field_that_moves_tau_is_compared(tmp_path, field, value):
     a = write_result(tmp_path, "a", {"gsm8k": [1, 2]})
@@ -185,3 +192,23 @@ def test_plot_titles_name_the_target_by_its_last_two_path_components(tmp_path, t
 
     a = write_result(tmp_path, "run", {"gsm8k": [2, 2]}, target=target)
     assert plot_title(compare([a])[0]).startswith(shown)
+
+
+def test_intervals_over_prompts_and_paired_differences_in_table_report_and_summary(tmp_path):
+    """With per-prompt rounds, every τ carries its bootstrap interval, and each draft's difference
+    from the baseline a paired one: resolved for a draft better on every prompt, not for a tie."""
+    base = [1, 2, 3, 1, 2, 3, 1, 3]
+    a = write_result(tmp_path, "a", {"gsm8k": base, "mt-bench": base}, per_prompt=True)
+    b = write_result(tmp_path, "b", {"gsm8k": [n + 1 for n in base], "mt-bench": [n + 1 for n in base]}, per_prompt=True)
+    c_ = write_result(tmp_path, "c", {"gsm8k": base[::-1], "mt-bench": base[::-1]}, per_prompt=True)
+    c, _ = compare([a, b, c_], out_dir=tmp_path / "cmp")
+    lo, hi = c.ci["macro"]["a"]
+    assert lo < c.tau["macro"]["a"] < hi
+    assert c.resolved("macro", "b") and c.diff_ci["macro"]["b"][0] == pytest.approx(1.0)
+    assert c.resolved("gsm8k", "c") is False  # as good on average, better on some prompts, worse on others
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert f"[{lo:.2f}, {hi:.2f}]" in report and "*resolved*" in report
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert summary["diff_vs_baseline_ci95"]["macro"]["b"] == pytest.approx([1.0, 1.0])
+    res = CliRunner().invoke(app, ["compare", str(a), str(b), "--out", str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output

@@ -30,7 +30,7 @@ def render(r: EvalResults) -> list[Table]:
         f"thinking {'on' if p.thinking else 'off'}"
     )
     speed = any(b.speed is not None for b in r.benchmarks.values())
-    for col in ["benchmark", "samples", "rounds", "drafted/round", "τ"] + (
+    for col in ["benchmark", "samples", "rounds", "drafted/round", "τ", "τ 95% CI"] + (
         ["target tok/s", "spec tok/s", "round cost", "speedup"] if speed else []
     ):
         main.add_column(col, justify="left" if col == "benchmark" else "right")
@@ -44,7 +44,9 @@ def render(r: EvalResults) -> list[Table]:
             pos.add_section()
         drafted = getattr(res, "drafted_tokens", None)
         per_round = "" if drafted is None else _num(drafted / res.rounds if res.rounds else None)
-        cells = [name, str(res.samples), str(res.rounds), per_round, _num(res.tau)]
+        ci = res.tau_ci95
+        cells = [name, str(res.samples), str(res.rounds), per_round, _num(res.tau),
+                 "–" if ci is None else f"{ci[0]:.2f}–{ci[1]:.2f}"]
         if speed:
             s = getattr(res, "speed", None)
             if s is not None:

@@ -49,6 +49,10 @@ class Comparison:
     speedup: dict[str, dict[str, float]]  # same rows, where measured
     mismatches: list[str] = field(default_factory=list)
     spread: dict[str, dict[str, float]] = field(default_factory=dict)  # row → draft → sd of τ over replicas
+    # row (benchmark or "macro") → draft → 95% bootstrap interval over prompts (single results only)
+    ci: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    # row → draft → paired-bootstrap interval of τ(draft) − τ(baseline) on the same prompts
+    diff_ci: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
     def tau_text(self, row: str, name: str) -> str:
         """τ of a cell as shown: "–" where undefined, "± sd" where the draft has replicas."""
@@ -56,7 +60,14 @@ class Comparison:
         if v is None:
             return "–"
         sd = self.spread.get(row, {}).get(name)
-        return f"{v:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+        ci = self.ci.get(row, {}).get(name)
+        return f"{v:.2f}" + (f" ± {sd:.2f}" if sd is not None else "") + (
+            f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci is not None else "")
+
+    def resolved(self, row: str, name: str) -> bool | None:
+        """Whether τ(name) − τ(baseline) on ``row`` is resolved (its interval excludes 0); None: no interval."""
+        d = self.diff_ci.get(row, {}).get(name)
+        return None if d is None else (d[0] > 0 or d[1] < 0)
 
     def replica_note(self) -> str:
         counts = sorted({len(e.results) for e in self.entries if e.replicas})
@@ -214,7 +225,47 @@ def build_comparison(entries: list[Entry], baseline: str | None = None, allow_pr
                 out.setdefault(row, {})[e.name] = statistics.fmean(vals)
                 if which == 0 and len(vals) > 1:
                     spread.setdefault(row, {})[e.name] = statistics.stdev(vals)
-    return Comparison(entries, baseline, benchmarks, domains, tau, speed, diffs, spread)
+    ci, diff_ci = _intervals(entries, baseline, benchmarks)
+    return Comparison(entries, baseline, benchmarks, domains, tau, speed, diffs, spread, ci, diff_ci)
+
+
+def _intervals(entries: list[Entry], baseline: str, benchmarks: list[str]) -> tuple[dict, dict]:
+    """Bootstrap intervals (:mod:`deepspec_core.eval.bootstrap`) of τ per benchmark and macro, and of
+    each draft's difference from the baseline, paired over prompts. Only for drafts given as one
+    result whose benchmarks carry per-prompt rounds (replicas report their spread instead)."""
+    from deepspec_core.eval import bootstrap as bs
+
+    def prompts(e: Entry) -> dict[str, list[list[int]]] | None:
+        if e.replicas:
+            return None
+        per = {b: r.prompt_rounds for b, r in e.result.benchmarks.items() if r.prompt_rounds is not None}
+        return per if per and len(per) == len(e.result.benchmarks) else None
+
+    rows_of = {e.name: prompts(e) for e in entries}
+    ci: dict[str, dict[str, tuple[float, float]]] = {}
+    diff_ci: dict[str, dict[str, tuple[float, float]]] = {}
+    base = rows_of.get(baseline)
+    for e in entries:
+        mine = rows_of[e.name]
+        if mine is None:
+            continue
+        for b in benchmarks:
+            if b in mine and (iv := bs.tau_interval(mine[b])) is not None:
+                ci.setdefault(b, {})[e.name] = iv
+        if (iv := bs.macro_tau_interval(list(mine.values()))) is not None:
+            ci.setdefault("macro", {})[e.name] = iv
+        if base is None or e.name == baseline or set(base) != set(mine):
+            continue
+        shared = [b for b in benchmarks if b in mine]
+        try:
+            for b in shared:
+                if (iv := bs.paired_difference_interval([mine[b]], [base[b]])) is not None:
+                    diff_ci.setdefault(b, {})[e.name] = iv
+            if (iv := bs.paired_difference_interval([mine[b] for b in shared], [base[b] for b in shared])) is not None:
+                diff_ci.setdefault("macro", {})[e.name] = iv
+        except ValueError:  # different prompt counts: compared anyway under --allow-protocol-mismatch
+            continue
+    return ci, diff_ci
 
 
 def rows(c: Comparison) -> list[str]:
@@ -249,6 +300,20 @@ def markdown_report(c: Comparison) -> str:
             cells.append(c.tau_text(row, n) + (f" ({gain})" if gain else ""))
         label = f"**{row}**" if row == "macro" or row.endswith(" mean") else row
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if c.ci:
+        lines += ["", "Brackets: 95% bootstrap interval of τ over the benchmark's prompts (macro: each "
+                  "benchmark's prompts resampled)."]
+    if c.diff_ci:
+        others = [n for n in names if n != c.baseline and any(n in v for v in c.diff_ci.values())]
+        lines += ["", f"τ minus {c.baseline}'s on the same prompts (paired bootstrap, 95%); *resolved* where "
+                  "the interval excludes 0:", "",
+                  "| benchmark | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+        for row in [r for r in rows(c) if r in c.diff_ci]:
+            cells = []
+            for n in others:
+                d = c.diff_ci[row].get(n)
+                cells.append("–" if d is None else f"[{d[0]:+.2f}, {d[1]:+.2f}]" + (" *resolved*" if c.resolved(row, n) else ""))
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
     if c.speedup:
         lines += ["", "Speedup over target-only decoding (same process, same prompts and lengths):", "",
                   "| benchmark | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -276,6 +341,8 @@ def summary_json(c: Comparison) -> dict:
         "replicas": {e.name: len(e.results) for e in c.entries},
         "gain_vs_baseline": {r: {n: c.gain(r, n) for n in c.tau.get(r, {})} for r in rows(c)},
         "speedup": c.speedup,
+        "tau_ci95": {r: {n: list(v) for n, v in d.items()} for r, d in c.ci.items()},
+        "diff_vs_baseline_ci95": {r: {n: list(v) for n, v in d.items()} for r, d in c.diff_ci.items()},
         "protocol_differences": c.mismatches,
     }
 

@@ -85,11 +85,16 @@ def test_evaluate_writes_valid_results_and_auditable_outputs(tmp_path, tiny_targ
         # speed: every generated token timed both ways; the speedup is the ratio of the two times
         assert b.speed.tokens == b.generated_tokens
         assert b.speed.speedup == pytest.approx(b.speed.target_seconds / b.speed.spec_seconds)
+        # per prompt [committed, rounds], summing to the benchmark's; τ's bootstrap interval holds τ
+        assert len(b.prompt_rounds) == 2 and [sum(c for c, _ in b.prompt_rounds), sum(r for _, r in b.prompt_rounds)] \
+            == [round(b.tau * b.rounds), b.rounds]
+        assert b.tau_ci95[0] - 1e-9 <= b.tau <= b.tau_ci95[1] + 1e-9
         # a round's cost in target steps: (tokens per round) / speedup, every round having been timed
         assert b.speed.rounds == b.rounds
         assert b.speed.round_cost == pytest.approx(b.speed.tokens / b.rounds / b.speed.speedup)
         assert json.loads((out / f"{name}.json").read_text())["tau"] == b.tau
     assert r.macro.speedup == pytest.approx(sum(b.speed.speedup for b in r.benchmarks.values()) / 2)
+    assert r.macro.tau_ci95[0] - 1e-9 <= r.macro.tau <= r.macro.tau_ci95[1] + 1e-9
     assert r.macro.round_cost == pytest.approx(sum(b.speed.round_cost for b in r.benchmarks.values()) / 2)
     assert p.draft_dtype == str(load_draft(run).draft.param_dtype).removeprefix("torch.")
     for plot in ("acceptance.png", "tau.png"):

@@ -159,6 +159,13 @@ class BenchmarkResult(Acceptance):
     position_accepted: list[int] = Field(description="rounds that committed draft j as accepted, j = 1..k")
     drafted_tokens: int = Field(ge=0, description="drafted tokens put before the target (k per round under 'fixed')")
     speed: Speed | None = None
+    prompt_rounds: list[list[int]] | None = Field(
+        None, description="per prompt, in sample order: [committed tokens, rounds] over its turns "
+        "(the unit the bootstrap resamples); null in results written before it was recorded"
+    )
+    tau_ci95: list[float] | None = Field(
+        None, description="95% percentile-bootstrap interval of τ over prompts (deepspec_core.eval.bootstrap)"
+    )
 
     @model_validator(mode="after")
     def _counts(self) -> BenchmarkResult:
@@ -175,6 +182,9 @@ class MacroResult(Acceptance):
     benchmarks_with_rounds: int = Field(ge=0, description="benchmarks averaged (those where a round ran)")
     speedup: float | None = Field(None, description="mean of the benchmarks' speedups when --speed")
     round_cost: float | None = Field(None, description="mean of the benchmarks' round costs (target steps) when --speed")
+    tau_ci95: list[float] | None = Field(
+        None, description="95% bootstrap interval of the macro τ (each benchmark's prompts resampled)"
+    )
 
 
 class Calibration(_Model):
@@ -272,14 +282,23 @@ def benchmark_result(
     turns: int,
     generated_tokens: int,
     speed: Speed | None = None,
+    prompt_rounds: list[list[int]] | None = None,
 ) -> BenchmarkResult:
-    """Pool the rounds of one benchmark. Raises ValueError when the tokens do not add up
-    (``generated_tokens`` must equal the committed tokens plus one per turn)."""
+    """Pool the rounds of one benchmark; ``prompt_rounds`` (per prompt [committed, rounds]) adds the
+    bootstrap interval of τ. Raises ValueError when the tokens do not add up (``generated_tokens``
+    must equal the committed tokens plus one per turn, and the prompts' rows must sum to the rounds)."""
+    from deepspec_core.eval.bootstrap import tau_interval
+
     committed = sum(o.committed for o in outcomes)
     if committed + turns != generated_tokens:
         raise ValueError(
             f"{generated_tokens} generated tokens ≠ {committed} committed in rounds + {turns} turns"
         )
+    if prompt_rounds is not None and [sum(c for c, _ in prompt_rounds), sum(r for _, r in prompt_rounds)] != [
+        committed, len(outcomes)
+    ]:
+        raise ValueError("the prompts' [committed, rounds] rows do not add up to the benchmark's rounds")
+    ci = tau_interval(prompt_rounds) if prompt_rounds else None
     counts = acceptance_counts(outcomes, k)
     return BenchmarkResult(
         **acceptance_from_counts(counts),
@@ -289,6 +308,8 @@ def benchmark_result(
         turns=turns,
         generated_tokens=generated_tokens,
         speed=speed,
+        prompt_rounds=prompt_rounds,
+        tau_ci95=None if ci is None else list(ci),
     )
 
 
@@ -309,7 +330,10 @@ def macro_average(results: dict[str, BenchmarkResult]) -> MacroResult:
     def per_position(attr: str) -> list[float | None]:
         return [_mean([getattr(r, attr)[j] for r in ran]) for j in range(k)]
 
+    from deepspec_core.eval.bootstrap import macro_tau_interval
+
     speeds = [r.speed.speedup for r in rs if r.speed is not None]
+    ci = macro_tau_interval([r.prompt_rounds for r in ran]) if ran and all(r.prompt_rounds for r in ran) else None
     costs = [r.speed.round_cost for r in rs if r.speed is not None and r.speed.round_cost is not None]
     return MacroResult(
         tau=_mean([r.tau for r in ran]),
@@ -321,6 +345,7 @@ def macro_average(results: dict[str, BenchmarkResult]) -> MacroResult:
         accept_length_frac=[_mean([r.accept_length_frac[i] for r in ran]) or 0.0 for i in range(k + 1)],
         speedup=sum(speeds) / len(speeds) if speeds and len(speeds) == len(rs) else None,
         round_cost=_mean(costs) if costs and len(costs) == len(rs) else None,
+        tau_ci95=None if ci is None else list(ci),
     )
 
 

@@ -88,6 +88,7 @@ class BenchmarkRun:
     target_seconds: float = 0.0
     timed_tokens: int = 0
     timed_rounds: int = 0
+    prompt_rounds: list[tuple[int, int, int]] = field(default_factory=list)  # (sample, committed, rounds)
     outputs: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -121,6 +122,7 @@ def run_benchmark(
         turns = prompts.turns[i]
         messages: list[dict[str, str]] = []
         g = gen(s.seed + i)
+        before = len(out.outcomes)
         for t, turn in enumerate(turns):
             messages.append({"role": "user", "content": turn})
             ids = encode_prompt(tok, messages, s.thinking, device)
@@ -166,6 +168,8 @@ def run_benchmark(
                         "confidences": res.confidences or None,
                     }
                 )
+        mine = out.outcomes[before:]
+        out.prompt_rounds.append((i, sum(o.committed for o in mine), len(mine)))
         # τ so far (committed tokens per round; and the speedup when timed): what a watcher of a long eval wants
         stage.advance(
             1,
@@ -308,7 +312,8 @@ def evaluate(
             else None
         )
         per[p.name] = mt.benchmark_result(
-            run.outcomes, s.num_draft_tokens, len(p), run.turns, run.generated, speed_
+            run.outcomes, s.num_draft_tokens, len(p), run.turns, run.generated, speed_,
+            [[c, r] for _, c, r in sorted(run.prompt_rounds)],
         )
         confident_rounds += run.confident_rounds
         if save_outputs and env.is_main:
@@ -352,6 +357,7 @@ def _gather(run: BenchmarkRun) -> BenchmarkRun:
         merged.target_seconds += r.target_seconds
         merged.timed_tokens += r.timed_tokens
         merged.timed_rounds += r.timed_rounds
+        merged.prompt_rounds += r.prompt_rounds
         merged.outputs += r.outputs
     merged.outputs.sort(key=lambda o: (o["sample"], o["turn"]))
     return merged
