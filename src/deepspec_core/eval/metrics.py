@@ -333,7 +333,8 @@ def macro_average(results: dict[str, BenchmarkResult]) -> MacroResult:
     from deepspec_core.eval.bootstrap import macro_tau_interval
 
     speeds = [r.speed.speedup for r in rs if r.speed is not None]
-    ci = macro_tau_interval([r.prompt_rounds for r in ran]) if ran and all(r.prompt_rounds for r in ran) else None
+    per_prompt = [r.prompt_rounds for r in ran if r.prompt_rounds]
+    ci = macro_tau_interval(per_prompt) if per_prompt and len(per_prompt) == len(ran) else None
     costs = [r.speed.round_cost for r in rs if r.speed is not None and r.speed.round_cost is not None]
     return MacroResult(
         tau=_mean([r.tau for r in ran]),
