@@ -50,7 +50,7 @@ def _tau_content(results_json) -> dict:
     absolute paths of the home directory."""
     def strip(x):
         if isinstance(x, dict):
-            return {k: strip(v) for k, v in x.items() if k not in ("speed", "speedup", "target", "draft")}
+            return {k: strip(v) for k, v in x.items() if k not in ("speed", "speedup", "round_cost", "target", "draft")}
         return [strip(v) for v in x] if isinstance(x, list) else x
 
     return strip(json.loads(results_json.read_text()))

@@ -86,11 +86,19 @@ for temp in 1.0 0.0; do
   [ "$temp" = "0.0" ] && speed=(--save-outputs)
   for algo in "${ALGOS[@]}"; do
     stage "eval: $algo at temperature $temp"
-    "$DS" eval --draft "work/runs/smollm2/$algo" --temperature "$temp" "${speed[@]}" "${EVAL_ARGS[@]}" \
-      --out "work/eval/T$temp/$algo"
+    [ -f "work/eval/T$temp/$algo/results.json" ] ||  # an evaluation is minutes: kept once written
+      "$DS" eval --draft "work/runs/smollm2/$algo" --temperature "$temp" "${speed[@]}" "${EVAL_ARGS[@]}" \
+        --out "work/eval/T$temp/$algo"
   done
+  # DSpark with the adaptive draft length (its confidence and SPS profiled here decide how many
+  # drafts each round verifies), against the same draft at fixed k.
+  stage "eval: dspark at temperature $temp, --draft-length scheduler"
+  [ -f "work/eval/T$temp/dspark-scheduler/results.json" ] ||
+    "$DS" eval --draft work/runs/smollm2/dspark --temperature "$temp" "${speed[@]}" "${EVAL_ARGS[@]}" \
+      --draft-length scheduler --out "work/eval/T$temp/dspark-scheduler"
   stage "compare at temperature $temp"
-  "$DS" compare "${ALGOS[@]/#/work/eval/T$temp/}" --baseline eagle3 --out "work/compare/T$temp"
+  "$DS" compare "${ALGOS[@]/#/work/eval/T$temp/}" "work/eval/T$temp/dspark-scheduler" --baseline eagle3 \
+    --out "work/compare/T$temp"
 done
 
 stage "draft-vocabulary coverage of the target's greedy outputs"

@@ -87,7 +87,7 @@ def _speculators_check(export_dir: Path, tmp_path: Path, name: str) -> dict:
     from deepspec_core.eval.loading import load_draft
     from deepspec_core.targets.hf import capture_features
 
-    loaded = load_draft(export_dir, device="cpu")
+    loaded = load_draft(export_dir, device="cpu", draft_dtype="float32")  # speculators runs fp32
     tok, model, draft = loaded.target.tokenizer, loaded.target.model, loaded.draft
     ids = torch.tensor([tok("def mean(xs):\n    return sum(xs) / len(xs)\n\nprint(mean([1, 2, 3]))\n" * 3)["input_ids"][:64]])
     with torch.no_grad():
