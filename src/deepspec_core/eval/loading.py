@@ -38,7 +38,8 @@ def load_draft(
     checkpoint's ``config.json`` (over the run's spec, which carries the eval defaults), the target
     loaded for decoding, the trained weights. A speculators-format directory (``deepspec export``'s,
     or a public draft's) is read the same way through :mod:`deepspec_core.export.importer`.
-    ``target`` overrides the spec's target model."""
+    ``target`` overrides the spec's target model; the draft decodes in ``draft_dtype``
+    (:func:`decode_draft_dtype`)."""
     from deepspec_core.assembly import assemble, checkpoint_spec
     from deepspec_core.export.importer import is_speculators_dir, speculators_spec, speculators_weights
     from deepspec_core.runs import resolve_checkpoint
