@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from deepspec_cli.console import make_console
 from deepspec_cli.errors import handle_errors
 from deepspec_cli.progress import progress_for
 
-console = Console()
+console = make_console()
 
 SET_HELP = "Override a field: --set cache.codec=bf16-zstd (value parsed as TOML). Repeatable."
 

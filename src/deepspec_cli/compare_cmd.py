@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from deepspec_cli.console import make_console
 from deepspec_cli.errors import handle_errors
 from deepspec_core.compare import Comparison, compare, rows
 
-console = Console()
+console = make_console()
 
 
 def render(c: Comparison) -> Table:

@@ -6,16 +6,16 @@ import importlib
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from deepspec_cli.console import make_console
 from deepspec_cli.errors import handle_errors
 from deepspec_cli.progress import progress_for
 
 app = typer.Typer(help="Prepare training data: fetch prompts, regenerate answers, inspect samples.", no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 # Commands of this group that live in other modules; each module defines `register(app)`.
 EXTRA_COMMAND_MODULES: list[str] = ["deepspec_cli.cache_cmd"]

@@ -6,14 +6,14 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from deepspec_cli.compare_cmd import render
+from deepspec_cli.console import make_console
 from deepspec_cli.errors import handle_errors
 from deepspec_cli.progress import progress_for
 from deepspec_core.demo import BUDGETS, run_demo
 
-console = Console()
+console = make_console()
 
 
 @handle_errors

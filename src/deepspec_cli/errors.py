@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
 from rich.markup import escape
 
+from deepspec_cli.console import make_console
 from deepspec_core.errors import DeepspecError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-err_console = Console(stderr=True, highlight=False)
+err_console = make_console(stderr=True, highlight=False)
 
 
 def debug() -> bool:

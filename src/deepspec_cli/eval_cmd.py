@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from deepspec_cli.console import make_console
 from deepspec_cli.errors import handle_errors
 from deepspec_cli.progress import progress_for
 from deepspec_core.eval.metrics import BenchmarkResult, EvalResults, MacroResult
 
-console = Console()
+console = make_console()
 
 
 def _num(x: float | None) -> str:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from deepspec_cli.console import make_console
 from deepspec_cli.errors import handle_errors
 
-console = Console(highlight=False)
+console = make_console(highlight=False)
 
 
 @handle_errors

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.syntax import Syntax
 
+from deepspec_cli.console import make_console
 from deepspec_cli.errors import handle_errors
 from deepspec_core import presets
 from deepspec_core.spec import check_registered, load_spec, spec_to_toml
 
 app = typer.Typer(help="Show and check run specs (presets or TOML files).", no_args_is_help=True)
-console = Console()
+console = make_console()
 
 SET_HELP = "Override a field: --set train.lr=3e-4 (value parsed as TOML). Repeatable."
 

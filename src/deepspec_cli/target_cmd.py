@@ -6,15 +6,15 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from deepspec_cli.console import make_console
 from deepspec_cli.errors import handle_errors
 from deepspec_cli.progress import progress_for
 from deepspec_core.targets import tiny
 
 app = typer.Typer(help="Build and manage target models.", no_args_is_help=True)
-console = Console()
+console = make_console()
 
 
 @app.command("tiny")
@@ -32,7 +32,7 @@ def tiny_cmd(
 ) -> None:
     """Build the embedded tiny target (small Qwen3 + tokenizer) from the Python stdlib source."""
     # stderr: the path printed without --out is this command's output, for $(deepspec target tiny)
-    with progress_for(Console(stderr=True)) as progress:
+    with progress_for(make_console(stderr=True)) as progress:
         if out is None:
             path = tiny.ensure_tiny_target(size=size, seed=seed, progress=progress)
         else:

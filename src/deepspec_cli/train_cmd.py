@@ -6,13 +6,13 @@ import subprocess
 import sys
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from deepspec_cli.console import make_console
 from deepspec_cli.errors import handle_errors
 from deepspec_core.spec import load_spec
 
-console = Console()
+console = make_console()
 
 SET_HELP = "Override a field: --set train.lr=3e-4 (value parsed as TOML). Repeatable."
 
