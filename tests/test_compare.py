@@ -182,6 +182,12 @@ def test_one_draft_under_several_draft_length_policies_is_named_by_policy(tmp_pa
     from deepspec_core.compare import plot_title
 
     assert "(fixed)" not in plot_title(c) and "(fixed)" in plot_title(compare([a])[0])
+    # the SmolLM2 example's case: other drafts beside one draft under two policies, baseline by its name
+    other = write_result(tmp_path / "o", "base", {"gsm8k": [1, 1]})
+    c, _ = compare([other, a, thr], baseline="base")
+    assert c.baseline == "base@fixed"
+    with pytest.raises(DataError, match="--baseline 'run' is not one of the drafts"):
+        compare([other, a, thr], baseline="run")  # two of them: which one is not guessed
 
 
 @pytest.mark.parametrize(("target", "shown"), [("Qwen/Qwen3-4B", "target Qwen/Qwen3-4B ·"),

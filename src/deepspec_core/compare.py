@@ -205,7 +205,11 @@ def build_comparison(entries: list[Entry], baseline: str | None = None, allow_pr
     if baseline is None:
         baseline = names[0]
     elif baseline not in names:
-        raise DataError(f"--baseline {baseline!r} is not one of the drafts", f"choose one of: {', '.join(names)}")
+        # a draft named by its policy too ("eagle3@fixed") is still meant by its own name when unique
+        same = [n for n in names if n.split("@", 1)[0] == baseline]
+        if len(same) != 1:
+            raise DataError(f"--baseline {baseline!r} is not one of the drafts", f"choose one of: {', '.join(names)}")
+        baseline = same[0]
 
     domain_of: dict[str, str] = {}
     for e in entries:
