@@ -24,7 +24,7 @@ if [ "${QUICK:-0}" = "1" ]; then
   PROMPTS=48
   REGEN_ARGS+=(--max-tokens 48)
   TRAIN_SET=(--set train.max_steps=10 --set train.save_every=10 --set train.val_every=10)
-  EVAL_ARGS=(--limit 1 --max-new-tokens 24)
+  EVAL_ARGS=(--limit 1 --max-new-tokens 24 --benchmarks gsm8k,humaneval,mt-bench)  # one per domain
 fi
 
 mkdir -p work/data
