@@ -218,3 +218,23 @@ def test_intervals_over_prompts_and_paired_differences_in_table_report_and_summa
     assert summary["diff_vs_baseline_ci95"]["macro"]["b"] == pytest.approx([1.0, 1.0])
     res = CliRunner().invoke(app, ["compare", str(a), str(b), "--out", str(tmp_path / "cli")])
     assert res.exit_code == 0, res.output
+
+
+def test_intervals_come_from_the_results_and_are_computed_for_results_without_them(tmp_path):
+    """compare shows the interval the evaluation stored (so report and results.json agree); a
+    result written without one gets it from the same bootstrap over its per-prompt rounds."""
+    base = [1, 2, 3, 1, 2, 3, 1, 3]
+    a = write_result(tmp_path, "a", {"gsm8k": base, "mt-bench": base}, per_prompt=True)
+    b = write_result(tmp_path, "b", {"gsm8k": base, "mt-bench": base}, per_prompt=True)
+    path = a / "eval" / "10" / "results.json"
+    raw = json.loads(path.read_text())
+    computed = (raw["benchmarks"]["gsm8k"]["tau_ci95"], raw["macro"]["tau_ci95"])
+    raw["benchmarks"]["gsm8k"]["tau_ci95"], raw["macro"]["tau_ci95"] = [1.25, 2.5], [1.5, 2.25]
+    path.write_text(json.dumps(raw))
+    path_b = b / "eval" / "10" / "results.json"
+    raw_b = json.loads(path_b.read_text())
+    raw_b["benchmarks"]["gsm8k"]["tau_ci95"] = raw_b["macro"]["tau_ci95"] = None
+    path_b.write_text(json.dumps(raw_b))
+    c, _ = compare([a, b])
+    assert c.ci["gsm8k"]["a"] == (1.25, 2.5) and c.ci["macro"]["a"] == (1.5, 2.25)
+    assert list(c.ci["gsm8k"]["b"]) == pytest.approx(computed[0]) and list(c.ci["macro"]["b"]) == pytest.approx(computed[1])

@@ -253,10 +253,12 @@ def _intervals(entries: list[Entry], baseline: str, benchmarks: list[str]) -> tu
         mine = rows_of[e.name]
         if mine is None:
             continue
+        # The evaluation stored its intervals (same resampler, same seed); older results get them here.
+        stored = {b: r.tau_ci95 for b, r in e.result.benchmarks.items()} | {"macro": e.result.macro.tau_ci95}
         for b in benchmarks:
-            if b in mine and (iv := bs.tau_interval(mine[b])) is not None:
+            if b in mine and (iv := _stored(stored[b]) or bs.tau_interval(mine[b])) is not None:
                 ci.setdefault(b, {})[e.name] = iv
-        if (iv := bs.macro_tau_interval(list(mine.values()))) is not None:
+        if (iv := _stored(stored["macro"]) or bs.macro_tau_interval(list(mine.values()))) is not None:
             ci.setdefault("macro", {})[e.name] = iv
         if base is None or e.name == baseline or set(base) != set(mine):
             continue
@@ -270,6 +272,10 @@ def _intervals(entries: list[Entry], baseline: str, benchmarks: list[str]) -> tu
         except ValueError:  # different prompt counts: compared anyway under --allow-protocol-mismatch
             continue
     return ci, diff_ci
+
+
+def _stored(iv: list[float] | None) -> tuple[float, float] | None:
+    return None if iv is None else (iv[0], iv[1])
 
 
 def rows(c: Comparison) -> list[str]:
