@@ -23,5 +23,5 @@ evaluate eagle3-step200 "$RUNS/eagle3/step_200"
 
 stage "compare at equal steps and at equal time"
 "$DS" compare work/eval/T0.0/{eagle3,dflash-step300,dspark-step300} --baseline eagle3 --out work/compare/equal-steps
-"$DS" compare work/eval/T0.0/{eagle3-step200,dflash,dspark} --baseline eagle3-step200 --out work/compare/equal-time
+"$DS" compare work/eval/T0.0/{eagle3-step200,dflash,dspark} --baseline eagle3 --out work/compare/equal-time
 stage "equal budgets done"
