@@ -3,7 +3,7 @@
 # docs/results-smollm2.md. Run after run.sh: it evaluates checkpoints run.sh already kept (one every
 # 100 steps), greedily, on the same prompts as run.sh's greedy evaluation, τ only:
 #   equal steps: DFlash and DSpark at step 300, against Eagle3's final step 300;
-#   equal time:  Eagle3 at step 200 (26 min), against DFlash's and DSpark's final drafts (22 min).
+#   equal time:  Eagle3 at step 200 (28 min), against DFlash's and DSpark's final drafts (23, 21 min).
 # About 20 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")"
