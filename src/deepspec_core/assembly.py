@@ -63,6 +63,8 @@ def assemble(
             local_weights_dir(target_path, spec.target.revision), dtype=resolve_dtype(spec.target.dtype, device)
         )
     draft = build_draft(spec, config, embed, head)
+    if getattr(spec.draft, "init_layers", None) and weights_dir is None and weights is None:
+        draft.init_from_target(local_weights_dir(target_path, spec.target.revision))  # a fresh draft only
     if weights_dir is not None:
         from deepspec_core.runs import load_weights
 

@@ -333,6 +333,7 @@ def check_against_target(spec: RunSpec, target_config: Any) -> None:
             f"target.mask_token_id {spec.target.mask_token_id} is outside the target's vocabulary ({vocab_size} tokens)",
             f"pick an unused token id below {vocab_size}",
         )
+    check_init_layers(spec, target_config)
     dv = spec.draft.draft_vocab_size
     if dv is not None and dv > vocab_size:
         raise SpecError(
@@ -340,6 +341,39 @@ def check_against_target(spec: RunSpec, target_config: Any) -> None:
             f"use at most {vocab_size}, or leave it unset for the full vocabulary",
         )
 
+
+def check_init_layers(spec: RunSpec, target_config: Any) -> None:
+    """``draft.init_layers`` must name one existing target layer per draft layer, of a family whose
+    layers the draft reuses with the target's widths (else the weights do not fit)."""
+    ids = getattr(spec.draft, "init_layers", None)
+    if not ids:
+        return
+    from deepspec_core.drafts.layers import family_of
+
+    cfg = target_config.get_text_config() if hasattr(target_config, "get_text_config") else target_config
+    depth = int(cfg.num_hidden_layers)
+    if len(ids) != spec.draft.num_layers:
+        raise SpecError(
+            f"draft.init_layers has {len(ids)} ids for {spec.draft.num_layers} draft layers",
+            "give one target layer id per draft layer",
+        )
+    bad = [i for i in ids if not 0 <= i < depth]
+    if bad:
+        raise SpecError(f"draft.init_layers {bad} are outside the target's layers 0..{depth - 1}",
+                        f"use ids in 0..{depth - 1}")
+    if not family_of(target_config).native:
+        raise SpecError(
+            f"draft.init_layers needs the draft to reuse the target's layers, but {cfg.model_type!r} targets get "
+            "Qwen3 stand-in layers",
+            "leave draft.init_layers unset for this target",
+        )
+    width = spec.draft.intermediate_size
+    if width is not None and width != int(cfg.intermediate_size):
+        raise SpecError(
+            f"draft.init_layers copies the target's MLP (width {cfg.intermediate_size}), but draft.intermediate_size "
+            f"is {width}",
+            "unset draft.intermediate_size, or unset draft.init_layers",
+        )
 
 
 # --------------------------------------------------------------------------------------------

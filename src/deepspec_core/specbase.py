@@ -75,6 +75,12 @@ class BlockDraftSpec(DraftSpecBase):
     loss_decay: float = Field(
         4.0, gt=0.0, description="Position weights w_k = exp(-(k-1)/loss_decay) (the reference uses 4.0 with block 7)."
     )
+    init_layers: list[int] | None = Field(
+        None,
+        description="Target decoder layers whose weights start the draft's layers, one per draft layer (e.g. the "
+        "last two). Default: random init, as the reference. Needs a natively supported family and the target's "
+        "MLP width.",
+    )
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(block_size=4, num_layers=1, num_anchors=32),

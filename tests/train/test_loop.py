@@ -218,3 +218,43 @@ def test_a_compiled_training_run_equals_the_eager_one(make_spec, tmp_path):
     assert any("torch.compile" in m for m in messages)
     a, b = _weights(eager.checkpoint), _weights(compiled.checkpoint)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+
+
+@pytest.mark.parametrize("algo", ["dflash", "dspark"])
+def test_init_layers_start_the_draft_from_the_target_layers_and_training_moves_them(make_spec, tiny_target,
+                                                                                    tmp_path, algo):
+    from transformers import AutoModelForCausalLM
+
+    from deepspec_core.assembly import assemble
+
+    spec = make_spec(algo, "draft.num_layers=2", "draft.init_layers=[3, 1]")
+    target = AutoModelForCausalLM.from_pretrained(tiny_target, dtype=torch.float32)
+    draft = assemble(spec, "cpu", load_target=False).draft
+    for layer, i in zip(draft.layers, [3, 1], strict=True):
+        want = target.model.layers[i].state_dict()
+        for name, param in layer.layer.named_parameters():
+            assert torch.equal(param, want[name].to(param.dtype)), (i, name)
+    # through the loop the CLI runs: the checkpoint starts there and moves from there
+    result = train(spec, _quiet())
+    assert result.finished
+    trained = _weights(result.run_dir / "step_latest")
+    q = trained["layers.0.layer.self_attn.q_proj.weight"]
+    start = target.model.layers[3].self_attn.q_proj.weight
+    assert not torch.equal(q, start) and (q - start).abs().max() < 0.1
+    # a checkpoint's weights win over the target's (evaluation and resume rebuild from the run)
+    again = assemble(spec, "cpu", load_target=False, weights_dir=result.run_dir / "step_latest").draft
+    assert torch.equal(again.layers[0].layer.self_attn.q_proj.weight, q)
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (("draft.num_layers=2", "draft.init_layers=[3]"), "draft.init_layers has 1 ids for 2 draft layers"),
+    (("draft.init_layers=[4]",), "draft.init_layers [4] are outside the target's layers 0..3"),
+    (("draft.init_layers=[1]", "draft.intermediate_size=64"), "draft.intermediate_size is 64"),
+])
+def test_init_layers_that_do_not_fit_the_target_are_refused_before_anything_is_written(make_spec, tmp_path,
+                                                                                        sets, message):
+    from deepspec_core.errors import SpecError
+
+    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        train(make_spec("dflash", *sets), _quiet())
+    assert not any(tmp_path.rglob("config.json"))

@@ -259,6 +259,54 @@ def load_frozen_weights(target_dir: str | Path, dtype: torch.dtype | None = None
     return embed, head
 
 
+def load_target_layers(target_dir: str | Path, layer_ids: list[int], like: list[nn.Module]) -> list[dict[str, torch.Tensor]]:
+    """The parameters of target decoder layers ``layer_ids``, keyed like the modules ``like`` (one each).
+
+    Reads ``*layers.<i>.<name>`` tensors from the checkpoint's safetensors; where several prefixes hold
+    a layer i (a multimodal checkpoint's towers), the one whose names and shapes fit the module wins.
+    Raises TargetError when no prefix fits, naming the missing or mis-shaped parameters.
+    """
+    import re
+
+    from safetensors import safe_open
+
+    files = sorted(Path(target_dir).glob("*.safetensors"))
+    if not files:
+        raise TargetError(f"no *.safetensors in {target_dir}", "point target.model at a Hugging Face checkpoint directory")
+    pattern = re.compile(r"^(.*?)layers\.(\d+)\.(.+)$")
+    wanted = set(layer_ids)
+    located: dict[int, dict[str, dict[str, tuple[Path, str]]]] = {}  # layer → prefix → name → (file, key)
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                m = pattern.match(key)
+                if m and int(m.group(2)) in wanted:
+                    located.setdefault(int(m.group(2)), {}).setdefault(m.group(1), {})[m.group(3)] = (path, key)
+    states = []
+    for i, module in zip(layer_ids, like, strict=True):
+        params = {n: p.shape for n, p in module.named_parameters()}
+        problems = f"no tensors named '*layers.{i}.*' in {target_dir}"
+        for names in located.get(i, {}).values():
+            missing = sorted(set(params) - set(names))
+            if missing:
+                problems = f"target layer {i} lacks {', '.join(missing[:3])}"
+                continue
+            state = {}
+            for n in params:
+                path, key = names[n]
+                with safe_open(str(path), framework="pt") as f:
+                    state[n] = f.get_tensor(key)
+            bad = [n for n in params if state[n].shape != params[n]]
+            if bad:
+                problems = f"target layer {i}'s {bad[0]} is {tuple(state[bad[0]].shape)}, the draft's {tuple(params[bad[0]])}"
+                continue
+            states.append(state)
+            break
+        else:
+            raise TargetError(f"draft.init_layers: {problems}", "unset draft.init_layers, or check the target checkpoint")
+    return states
+
+
 # ---------------------------------------------------------------------------------------------
 # the decoding contract, and the DraftModel base class that implements it
 # ---------------------------------------------------------------------------------------------
@@ -386,6 +434,10 @@ class DraftModel(nn.Module):
         self.t2d.copy_(t2d)
         if init_head:
             self._init_draft_head()
+
+    def init_from_target(self, target_dir: str) -> None:
+        """Start trainable layers from the target checkpoint in ``target_dir`` where the spec asks
+        (block drafters' ``draft.init_layers``); the default draft starts from ``init_weights`` alone."""
 
     @torch.no_grad()
     def init_weights(self, std: float) -> None:

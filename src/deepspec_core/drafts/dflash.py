@@ -31,7 +31,7 @@ from torch import nn
 from deepspec_core import losses
 from deepspec_core.specbase import BlockDraftSpec, DraftSpecBase
 
-from .base import DRAFTS, DraftBatch, DraftLoss, DraftModel, Proposal, block_metrics
+from .base import DRAFTS, DraftBatch, DraftLoss, DraftModel, Proposal, block_metrics, load_target_layers
 from .layers import DraftLayer, FeatureFusion, Rotary, cat_kv, draft_layer_config
 
 
@@ -78,6 +78,18 @@ class DFlashDraft(DraftModel):
         self.mask_embedding = None if self.mask_token_id is not None else nn.Parameter(torch.randn(h) * 0.02)
         self.init_draft_vocab(draft_spec.draft_vocab_size)
         self._ctx_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @torch.no_grad()
+    def init_from_target(self, target_dir: str) -> None:
+        """Copy the target's decoder layers ``draft.init_layers`` into the draft's layers (their own
+        dtype kept). A deviation from the reference's random init, measured in docs/training.md."""
+        ids = self.spec.init_layers
+        if not ids:
+            return
+        modules = [layer.layer for layer in self.layers]
+        for module, state in zip(modules, load_target_layers(target_dir, ids, modules), strict=True):
+            for name, param in module.named_parameters():
+                param.copy_(state[name].to(param.dtype))
 
     # -- backbone -------------------------------------------------------------------------------
     def context_kv(self, fused: torch.Tensor, positions: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
