@@ -10,7 +10,7 @@ from deepspec_core.drafts import (
     frozen_weights_from_model,
     load_frozen_weights,
 )
-from deepspec_core.drafts.base import block_metrics
+from deepspec_core.drafts.base import block_metrics, load_target_layers
 from deepspec_core.errors import CheckpointError, SpecError, TargetError
 from deepspec_core.spec import RunSpec, algorithms
 
@@ -158,3 +158,21 @@ def test_build_vocab_mapping_and_reduced_head(algo):
     assert d.to_draft_labels(torch.tensor([7, 8, 50])).tolist() == [1, -100, 2]
     with pytest.raises(DataError, match="full vocabulary"):
         make_draft(algo).set_vocab_mapping(d2t, t2d)
+
+
+def test_target_layers_load_by_name_and_misfits_name_the_tensor(tmp_path):
+    model = Qwen3ForCausalLM(tiny_config(layers=2))
+    model.save_pretrained(tmp_path)
+    fresh = Qwen3ForCausalLM(tiny_config(layers=2))
+    layers, norm = load_target_layers(tmp_path, [1], [fresh.model.layers[0]], norm_like=fresh.model.norm)
+    assert set(layers[0]) == set(dict(fresh.model.layers[0].named_parameters()))
+    assert torch.equal(layers[0]["mlp.up_proj.weight"], model.model.layers[1].mlp.up_proj.weight)
+    assert torch.equal(norm["weight"], model.model.norm.weight)
+    with pytest.raises(TargetError, match=r"'model\.layers\.2\.self_attn\.q_proj\.weight' is missing"):
+        load_target_layers(tmp_path, [2], [fresh.model.layers[0]])
+    wider = tiny_config(layers=1)
+    wider.intermediate_size *= 2
+    with pytest.raises(TargetError, match=r"'model\.layers\.0\.mlp\.\w+_proj\.weight' is \(\d+, \d+\), the draft's"):
+        load_target_layers(tmp_path, [0], [Qwen3ForCausalLM(wider).model.layers[0]])
+    with pytest.raises(TargetError, match=r"no \*\.safetensors in"):
+        load_target_layers(tmp_path / "missing", [0], [fresh.model.layers[0]])

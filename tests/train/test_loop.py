@@ -234,6 +234,7 @@ def test_init_layers_start_the_draft_from_the_target_layers_and_training_moves_t
         want = target.model.layers[i].state_dict()
         for name, param in layer.layer.named_parameters():
             assert torch.equal(param, want[name].to(param.dtype)), (i, name)
+    assert torch.equal(draft.norm.weight, target.model.norm.weight.to(draft.norm.weight.dtype))
     # through the loop the CLI runs: the checkpoint starts there and moves from there
     result = train(spec, _quiet())
     assert result.finished

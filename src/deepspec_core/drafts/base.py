@@ -259,12 +259,14 @@ def load_frozen_weights(target_dir: str | Path, dtype: torch.dtype | None = None
     return embed, head
 
 
-def load_target_layers(target_dir: str | Path, layer_ids: list[int], like: list[nn.Module]) -> list[dict[str, torch.Tensor]]:
-    """The parameters of target decoder layers ``layer_ids``, keyed like the modules ``like`` (one each).
+def load_target_layers(target_dir: str | Path, layer_ids: list[int], like: list[nn.Module],
+                       norm_like: nn.Module | None = None) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """The parameters of target decoder layers ``layer_ids``, keyed like the modules ``like`` (one each),
+    and of the final norm beside them (keyed like ``norm_like``; empty when it is None).
 
-    Reads ``*layers.<i>.<name>`` tensors from the checkpoint's safetensors; where several prefixes hold
-    a layer i (a multimodal checkpoint's towers), the one whose names and shapes fit the module wins.
-    Raises TargetError when no prefix fits, naming the missing or mis-shaped parameters.
+    Reads ``<prefix>layers.<i>.<name>`` and ``<prefix>norm.<name>`` tensors from the checkpoint's
+    safetensors; where several prefixes hold a layer (a multimodal checkpoint's towers), the one whose
+    names and shapes fit the modules wins. Raises TargetError naming what is missing or mis-shaped.
     """
     import re
 
@@ -273,38 +275,40 @@ def load_target_layers(target_dir: str | Path, layer_ids: list[int], like: list[
     files = sorted(Path(target_dir).glob("*.safetensors"))
     if not files:
         raise TargetError(f"no *.safetensors in {target_dir}", "point target.model at a Hugging Face checkpoint directory")
-    pattern = re.compile(r"^(.*?)layers\.(\d+)\.(.+)$")
-    wanted = set(layer_ids)
-    located: dict[int, dict[str, dict[str, tuple[Path, str]]]] = {}  # layer → prefix → name → (file, key)
+    layer_key = re.compile(r"^(.*?)layers\.(\d+)\.(.+)$")
+    where: dict[str, Path] = {}
     for path in files:
         with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                m = pattern.match(key)
-                if m and int(m.group(2)) in wanted:
-                    located.setdefault(int(m.group(2)), {}).setdefault(m.group(1), {})[m.group(3)] = (path, key)
-    states = []
-    for i, module in zip(layer_ids, like, strict=True):
-        params = {n: p.shape for n, p in module.named_parameters()}
-        problems = f"no tensors named '*layers.{i}.*' in {target_dir}"
-        for names in located.get(i, {}).values():
-            missing = sorted(set(params) - set(names))
+            where.update((key, path) for key in f.keys())
+    prefixes = sorted({m.group(1) for key in where if (m := layer_key.match(key))})
+    wanted = [(f"layers.{i}.", module) for i, module in zip(layer_ids, like, strict=True)]
+    if norm_like is not None:
+        wanted.append(("norm.", norm_like))
+
+    def read(prefix: str) -> list[dict[str, torch.Tensor]] | str:
+        states = []
+        for part, module in wanted:
+            shapes = {n: p.shape for n, p in module.named_parameters()}
+            missing = [n for n in shapes if prefix + part + n not in where]
             if missing:
-                problems = f"target layer {i} lacks {', '.join(missing[:3])}"
-                continue
+                return f"'{prefix}{part}{missing[0]}' is missing"
             state = {}
-            for n in params:
-                path, key = names[n]
-                with safe_open(str(path), framework="pt") as f:
-                    state[n] = f.get_tensor(key)
-            bad = [n for n in params if state[n].shape != params[n]]
-            if bad:
-                problems = f"target layer {i}'s {bad[0]} is {tuple(state[bad[0]].shape)}, the draft's {tuple(params[bad[0]])}"
-                continue
+            for n in shapes:
+                with safe_open(str(where[prefix + part + n]), framework="pt") as f:
+                    state[n] = f.get_tensor(prefix + part + n)
+                if state[n].shape != shapes[n]:
+                    return f"'{prefix}{part}{n}' is {tuple(state[n].shape)}, the draft's {tuple(shapes[n])}"
             states.append(state)
-            break
-        else:
-            raise TargetError(f"draft.init_layers: {problems}", "unset draft.init_layers, or check the target checkpoint")
-    return states
+        return states
+
+    problem = f"no tensors named '*layers.<i>.*' in {target_dir}"
+    for prefix in prefixes:
+        found = read(prefix)
+        if isinstance(found, str):
+            problem = found
+            continue
+        return found[: len(layer_ids)], (found[-1] if norm_like is not None else {})
+    raise TargetError(f"draft.init_layers: {problem}", "unset draft.init_layers, or check the target checkpoint")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,13 +81,16 @@ class DFlashDraft(DraftModel):
 
     @torch.no_grad()
     def init_from_target(self, target_dir: str) -> None:
-        """Copy the target's decoder layers ``draft.init_layers`` into the draft's layers (their own
-        dtype kept). A deviation from the reference's random init, measured in docs/training.md."""
+        """Start the draft's layers from the target's decoder layers ``draft.init_layers`` and its final
+        norm from the target's, so that a fresh draft runs the target's own last computation into the
+        head (which starts from the target's rows). A deviation from the reference's random init,
+        measured in docs/results-smollm2.md; parameters keep their own dtype."""
         ids = self.spec.init_layers
         if not ids:
             return
         modules = [layer.layer for layer in self.layers]
-        for module, state in zip(modules, load_target_layers(target_dir, ids, modules), strict=True):
+        states, norm = load_target_layers(target_dir, ids, modules, norm_like=self.norm)
+        for module, state in [*zip(modules, states, strict=True), (self.norm, norm)]:
             for name, param in module.named_parameters():
                 param.copy_(state[name].to(param.dtype))
 
