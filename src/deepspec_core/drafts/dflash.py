@@ -84,7 +84,7 @@ class DFlashDraft(DraftModel):
         """Start the draft's layers from the target's decoder layers ``draft.init_layers`` and its final
         norm from the target's, so that a fresh draft runs the target's own last computation into the
         head (which starts from the target's rows). A deviation from the reference's random init,
-        measured in docs/results-smollm2.md; parameters keep their own dtype."""
+        measured (worse than random init on SmolLM2) in docs/algorithms.md; parameters keep their own dtype."""
         ids = self.spec.init_layers
         if not ids:
             return
