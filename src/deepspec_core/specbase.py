@@ -78,8 +78,8 @@ class BlockDraftSpec(DraftSpecBase):
     init_layers: list[int] | None = Field(
         None,
         description="Target decoder layers whose weights start the draft's layers, one per draft layer (e.g. the "
-        "last two). Default: random init, as the reference. Needs a natively supported family and the target's "
-        "MLP width.",
+        "last two); the final norm then starts as the target's. Default: random init, as the reference (measured "
+        "better on SmolLM2, docs/algorithms.md). Needs a natively supported family and the target's MLP width.",
     )
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
