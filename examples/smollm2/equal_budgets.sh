@@ -3,8 +3,9 @@
 # docs/results-smollm2.md. Run after run.sh: it evaluates checkpoints run.sh already kept (one every
 # 100 steps), greedily, on the same prompts as run.sh's greedy evaluation, τ only:
 #   equal steps: DFlash and DSpark at step 300, against Eagle3's final step 300;
-#   equal time:  Eagle3 at step 200 (28 min), against DFlash's and DSpark's final drafts (23, 21 min).
-# About 20 minutes on 2 CPU cores.
+#   equal time, ~25 min: Eagle3 at step 200 (28 min), DFlash's final draft (23 min), DSpark at step
+#   600 (24 min, mid-schedule). (At 42 min the finals of Eagle3 and DSpark meet in run.sh's compare.)
+# About 30 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")"
 DS="${DEEPSPEC:-deepspec}"
@@ -20,8 +21,9 @@ evaluate() {  # evaluate NAME CHECKPOINT: greedy, τ only, into work/eval/T0.0/N
 evaluate dflash-step300 "$RUNS/dflash/step_300"
 evaluate dspark-step300 "$RUNS/dspark/step_300"
 evaluate eagle3-step200 "$RUNS/eagle3/step_200"
+evaluate dspark-step600 "$RUNS/dspark/step_600"
 
 stage "compare at equal steps and at equal time"
 "$DS" compare work/eval/T0.0/{eagle3,dflash-step300,dspark-step300} --baseline eagle3 --out work/compare/equal-steps
-"$DS" compare work/eval/T0.0/{eagle3-step200,dflash,dspark} --baseline eagle3 --out work/compare/equal-time
+"$DS" compare work/eval/T0.0/{eagle3-step200,dflash,dspark-step600} --baseline eagle3 --out work/compare/equal-time
 stage "equal budgets done"
