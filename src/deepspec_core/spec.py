@@ -333,7 +333,7 @@ def check_against_target(spec: RunSpec, target_config: Any) -> None:
             f"target.mask_token_id {spec.target.mask_token_id} is outside the target's vocabulary ({vocab_size} tokens)",
             f"pick an unused token id below {vocab_size}",
         )
-    check_init_layers(spec, target_config)
+    check_init_layers(spec, target_config, cfg)
     dv = spec.draft.draft_vocab_size
     if dv is not None and dv > vocab_size:
         raise SpecError(
@@ -342,15 +342,15 @@ def check_against_target(spec: RunSpec, target_config: Any) -> None:
         )
 
 
-def check_init_layers(spec: RunSpec, target_config: Any) -> None:
+def check_init_layers(spec: RunSpec, target_config: Any, cfg: Any) -> None:
     """``draft.init_layers`` must name one existing target layer per draft layer, of a family whose
-    layers the draft reuses with the target's widths (else the weights do not fit)."""
+    layers the draft reuses with the target's widths (else the weights do not fit). ``cfg`` is the
+    text part of ``target_config``."""
     ids = getattr(spec.draft, "init_layers", None)
     if not ids:
         return
     from deepspec_core.drafts.layers import family_of
 
-    cfg = target_config.get_text_config() if hasattr(target_config, "get_text_config") else target_config
     depth = int(cfg.num_hidden_layers)
     if len(ids) != spec.draft.num_layers:
         raise SpecError(

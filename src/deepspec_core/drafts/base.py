@@ -286,20 +286,20 @@ def load_target_layers(target_dir: str | Path, layer_ids: list[int], like: list[
         wanted.append(("norm.", norm_like))
 
     def read(prefix: str) -> list[dict[str, torch.Tensor]] | str:
-        states = []
-        for part, module in wanted:
-            shapes = {n: p.shape for n, p in module.named_parameters()}
-            missing = [n for n in shapes if prefix + part + n not in where]
-            if missing:
-                return f"'{prefix}{part}{missing[0]}' is missing"
-            state = {}
-            for n in shapes:
-                with safe_open(str(where[prefix + part + n]), framework="pt") as f:
-                    state[n] = f.get_tensor(prefix + part + n)
-                if state[n].shape != shapes[n]:
-                    return f"'{prefix}{part}{n}' is {tuple(state[n].shape)}, the draft's {tuple(shapes[n])}"
-            states.append(state)
-        return states
+        shapes = [{prefix + part + n: p.shape for n, p in module.named_parameters()} for part, module in wanted]
+        missing = [key for part in shapes for key in part if key not in where]
+        if missing:
+            return f"'{missing[0]}' is missing"
+        tensors: dict[str, torch.Tensor] = {}
+        for path in {where[key] for part in shapes for key in part}:  # each file opened once
+            with safe_open(str(path), framework="pt") as f:
+                tensors.update((key, f.get_tensor(key)) for part in shapes for key in part if where[key] == path)
+        bad = [(key, shape) for part in shapes for key, shape in part.items() if tensors[key].shape != shape]
+        if bad:
+            key, shape = bad[0]
+            return f"'{key}' is {tuple(tensors[key].shape)}, the draft's {tuple(shape)}"
+        return [{key[len(prefix + part):]: tensors[key] for key in keys}
+                for (part, _), keys in zip(wanted, shapes, strict=True)]
 
     problem = f"no tensors named '*layers.<i>.*' in {target_dir}"
     for prefix in prefixes:
