@@ -169,3 +169,14 @@ def test_every_preset_caches_losslessly_and_trains_eagle3_with_the_measured_norm
     assert get_codec(spec.cache.codec).lossless and spec.cache.codec != "bf16"  # compressed, bit-exact
     if spec.draft.algo == "eagle3":
         assert spec.draft.loss_convention == "valid_rows"
+
+
+def test_init_layers_of_a_family_the_draft_does_not_reuse_are_refused():
+    from transformers import Gemma2Config, LlamaConfig
+
+    spec = load_spec("tiny-dflash", ["target.layer_ids=[0]", "draft.init_layers=[1]"])
+    small = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    check_against_target(spec, LlamaConfig(**small))  # a family whose own layers the draft uses
+    with pytest.raises(SpecError, match="'gemma2' targets get Qwen3 stand-in layers"):
+        check_against_target(spec, Gemma2Config(**small))
