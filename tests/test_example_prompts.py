@@ -1,0 +1,75 @@
+"""examples/smollm2/make_prompts.py: the offline training prompts are complete, distinct, balanced
+over the domains, disjoint from the packaged evaluation prompts, and the narrow mix still makes the
+exact prompts of the earlier results."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "smollm2"
+
+
+def _make(tmp_path: Path, mix: str, n: int, seed: int = 0) -> list[dict]:
+    out = tmp_path / f"{mix}-{seed}.jsonl"
+    subprocess.run([sys.executable, "make_prompts.py", "--out", str(out), "--n", str(n), "--mix", mix,
+                    "--seed", str(seed)], cwd=EXAMPLE, check=True, capture_output=True, text=True)
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _benchmark_turns() -> set[str]:
+    root = resources.files("deepspec_core") / "assets" / "eval_prompts"
+    return {_norm(t) for f in root.iterdir() if f.name.endswith(".jsonl")
+            for line in f.read_text().splitlines() for t in json.loads(line)["turns"]}
+
+
+@pytest.mark.parametrize("mix", ["wide", "narrow"])
+def test_prompts_are_complete_distinct_balanced_and_not_benchmark_items(tmp_path, mix):
+    rows = _make(tmp_path, mix, 300)
+    texts = [r["messages"][0]["content"] for r in rows]
+    assert len(rows) == 300 and len({r["id"] for r in rows}) == 300
+    assert len({_norm(t) for t in texts}) == 300
+    assert Counter(r["meta"]["domain"] for r in rows) == {"math": 100, "code": 100, "chat": 100}
+    # Every template field was filled: no " {name}" left in math or chat (code quotes real sources,
+    # whose f-strings have braces; LaTeX's \boxed{}, \binom{n}{k}, \begin{pmatrix} follow a letter or brace).
+    prose = [r["messages"][0]["content"] for r in rows if r["meta"]["domain"] != "code"]
+    assert not [t for t in prose if re.search(r"(?<![\\}_^a-z])\{[a-z_][a-z_0-9]*\}", t)]
+    assert not {_norm(t) for t in texts} & _benchmark_turns()
+    assert rows == _make(tmp_path / "again", mix, 300)  # deterministic for a seed
+
+
+def test_wide_mix_spreads_each_domain_over_more_kinds_of_request(tmp_path):
+    wide, narrow = _make(tmp_path, "wide", 600), _make(tmp_path, "narrow", 600)
+
+    def words(rows, domain):  # distinct words (numbers aside) stand for the templates and topics used
+        return {w for r in rows if r["meta"]["domain"] == domain
+                for w in re.findall(r"[a-z]+", r["messages"][0]["content"].lower())}
+
+    for domain in ("math", "chat"):
+        assert len(words(wide, domain)) > 2 * len(words(narrow, domain)), domain
+    assert any("$" in r["messages"][0]["content"] for r in wide if r["meta"]["domain"] == "math")
+    assert any("```python" in r["messages"][0]["content"] for r in wide if r["meta"]["domain"] == "code")
+
+
+def test_narrow_mix_makes_the_prompts_of_the_earlier_results(tmp_path):
+    # The first prompts of the set behind the earlier results on docs/results-smollm2.md (seed 0).
+    # The code prompt comes from the running Python's stdlib, so only math and chat are pinned.
+    first = _make(tmp_path, "narrow", 3)
+    assert [r["id"] for r in first] == ["math-00000", "code-00001", "chat-00002"]
+    assert first[0]["messages"][0]["content"] == (
+        "Gus saves $4 every week. After 18 weeks Gus spends $22 on a gift. How much money is left?"
+        "\nPlease reason step by step, and put your final answer within \\boxed{}.")
+    assert first[2]["messages"][0]["content"] == "Explain photography to a ten-year-old in a short paragraph."
