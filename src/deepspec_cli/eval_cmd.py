@@ -137,10 +137,12 @@ def eval_command(
     ),
 ) -> None:
     """Evaluate a trained draft: lossless speculative decoding on benchmarks → results.json, plots, table."""
+    from deepspec_core.distributed import leaving_process_group
     from deepspec_core.eval.loading import load_draft
     from deepspec_core.eval.runner import evaluate
 
-    with progress_for(console) as progress:
+    # load_draft joins the group under torchrun / SLURM; every process leaves it before exiting.
+    with leaving_process_group(), progress_for(console) as progress:
         loaded = load_draft(draft, target, device, draft_dtype)
         if thinking is not None and thinking != loaded.spec.target.thinking:
             console.print(

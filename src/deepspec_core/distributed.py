@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -86,11 +88,39 @@ def init_distributed(env: DistEnv, device: torch.device) -> bool:
     return True
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(*, synchronize: bool = True) -> None:
+    """Leave the process group cleanly, so that no rank dies at exit.
+
+    First collect garbage: FSDP2's hooks keep the wrapped draft (and the work handles of its last
+    collectives) alive in reference cycles, and if those are freed only at interpreter shutdown,
+    gloo's worker threads outlive the group and the process aborts ("terminate called without an
+    active exception"). Then, at a normal end (``synchronize``), wait at a barrier, so no rank tears
+    its connections down while another still has a collective in flight. After an error the other
+    ranks may be gone, so the barrier is skipped.
+    """
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+@contextmanager
+def leaving_process_group(joined: bool = True) -> Iterator[None]:
+    """Around the work of a process that ``joined`` a group: leave it at the end, through the
+    barrier after success and without it after an error (KeyboardInterrupt included)."""
+    try:
+        yield
+    except BaseException:
+        if joined:
+            shutdown_distributed(synchronize=False)
+        raise
+    if joined:
+        shutdown_distributed()
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from deepspec_core.distributed import _first_slurm_host, detect_env
 from deepspec_core.errors import SpecError
@@ -52,3 +53,48 @@ def test_launch_command_passes_multi_node_arguments():
 def test_launch_command_rejects_bad_arguments(kw):
     with pytest.raises(SpecError):
         launch_command(["train", "x"], **kw)
+
+
+@pytest.fixture
+def one_process_group(tmp_path, monkeypatch):
+    """A real one-process gloo group, and a record of the barriers entered."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    barriers: list[int] = []
+    real = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: (barriers.append(1), real(*a, **k))[1])
+    yield barriers
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_a_process_leaves_its_group_through_a_barrier_after_success(one_process_group):
+    import torch.distributed as dist
+
+    from deepspec_core.distributed import leaving_process_group
+
+    with leaving_process_group():
+        dist.all_reduce(torch.ones(2))
+    assert one_process_group == [1] and not dist.is_initialized()
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_after_an_error_a_process_leaves_its_group_without_waiting_for_the_others(one_process_group, exc):
+    import torch.distributed as dist
+
+    from deepspec_core.distributed import leaving_process_group
+
+    with pytest.raises(type(exc)), leaving_process_group():
+        raise exc
+    assert one_process_group == [] and not dist.is_initialized()
+
+
+def test_a_group_this_process_did_not_join_is_left_alone(one_process_group):
+    import torch.distributed as dist
+
+    from deepspec_core.distributed import leaving_process_group
+
+    with leaving_process_group(joined=False):
+        pass
+    assert one_process_group == [] and dist.is_initialized()

@@ -22,7 +22,13 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from deepspec_core.distributed import DistEnv, detect_env, init_distributed, pick_device, shutdown_distributed
+from deepspec_core.distributed import (
+    DistEnv,
+    detect_env,
+    init_distributed,
+    leaving_process_group,
+    pick_device,
+)
 from deepspec_core.drafts.base import FROZEN_PREFIXES
 from deepspec_core.errors import CheckpointError, DeepspecError
 from deepspec_core.progress import Progress, as_progress
@@ -158,16 +164,13 @@ def train(spec: RunSpec, runtime: Runtime | None = None) -> TrainResult:
     rt = runtime or Runtime()
     env = rt.env or detect_env()
     device = pick_device(env, rt.device)
-    joined = init_distributed(env, device)
-    try:
-        return _train(spec, rt, env, device)
-    except Exception as exc:
-        if not isinstance(exc, DeepspecError) and spec.run_dir().is_dir():
-            exc.log_dir = spec.run_dir()  # type: ignore[attr-defined]  # the CLI's crash log goes beside the run
-        raise
-    finally:
-        if joined:
-            shutdown_distributed()
+    with leaving_process_group(init_distributed(env, device)):
+        try:
+            return _train(spec, rt, env, device)
+        except Exception as exc:
+            if not isinstance(exc, DeepspecError) and spec.run_dir().is_dir():
+                exc.log_dir = spec.run_dir()  # type: ignore[attr-defined]  # the CLI's crash log goes beside the run
+            raise
 
 
 def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> TrainResult:
