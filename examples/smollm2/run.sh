@@ -16,6 +16,7 @@ PY="${PYTHON:-python}"
 ALGOS=(eagle3 dflash dspark)
 
 PROMPTS=1680                # math / code / chat prompts made by make_prompts.py
+PROMPT_MIX="${PROMPT_MIX:-wide}"  # wide, or narrow: the earlier set (docs/results-smollm2.md says which run used which)
 VLLM_PORT="${VLLM_PORT:-8011}"
 REGEN_ARGS=(--spec dspark.toml)
 TRAIN_SET=()
@@ -39,7 +40,7 @@ if [ ! -f work/target/config.json ]; then
 fi
 
 stage "prompts: $PROMPTS offline math / code / chat prompts"
-[ -f work/data/prompts.jsonl ] || "$PY" make_prompts.py --out work/data/prompts.jsonl --n "$PROMPTS"
+[ -f work/data/prompts.jsonl ] || "$PY" make_prompts.py --out work/data/prompts.jsonl --n "$PROMPTS" --mix "$PROMPT_MIX"
 [ -f work/data/train.jsonl ] || "$DS" data fetch work/data/prompts.jsonl --out work/data/train.jsonl --test-size 0.05
 
 # Regeneration goes through vLLM's OpenAI server when the engine venv (scripts/engine_venv.sh) exists:
