@@ -40,8 +40,8 @@ MATH_TEMPLATES = [
     "What is {x}% of {p}, and what is {p} increased by {x}%?",
     "If 3 workers build a wall in {y} days, how many days do {x} workers need, working at the same rate?",
 ]
-NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jade", "Kofi", "Lena"]
-ITEMS = ["apple", "marble", "stamp", "pencil", "ticket", "card", "sticker", "book"]
+NAMES = P.NAMES[:12]  # the narrow mix used the first 12 names, 8 items and 23 topics
+ITEMS = P.ITEMS[:8]
 MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 CHAT_TEMPLATES = [
@@ -54,12 +54,7 @@ CHAT_TEMPLATES = [
     "I have one hour to learn the basics of {t}. Make me a plan.",
     "Compare {t} and {u}: how are they similar and how are they different?",
 ]
-TOPICS = [
-    "growing tomatoes", "public speaking", "saving money", "learning a language", "running a marathon",
-    "cooking rice", "remote work", "time management", "writing a CV", "photography", "chess openings",
-    "sleep hygiene", "composting", "job interviews", "budget travel", "baking bread", "version control",
-    "meditation", "bird watching", "first aid", "negotiating a salary", "home workouts", "note taking",
-]
+TOPICS = P.TOPICS[:23]
 CODE_TEMPLATES = [
     "Write a Python function `{name}({args})` that does the following:\n{doc}",
     "Implement `{name}({args})` in Python.\n\nSpecification: {doc}",
