@@ -28,6 +28,14 @@ if [ "${QUICK:-0}" = "1" ]; then
   EVAL_ARGS=(--limit 1 --max-new-tokens 24 --benchmarks gsm8k,humaneval,mt-bench)  # one per domain
 fi
 
+# bf16 only where this CPU multiplies it natively (AVX512-BF16 / AMX): elsewhere it is emulated and
+# slower than fp32 (3.2x slower vLLM regeneration on an AVX2-only CPU; docs/results-smollm2.md).
+FAST_DTYPE="$("$PY" -m deepspec_core.hardware)"
+if [ "$FAST_DTYPE" = float32 ]; then
+  echo "this CPU has no native bf16: vLLM serves in float32 and training runs without bf16 autocast"
+  TRAIN_SET+=(--set train.mixed_precision=no)
+fi
+
 mkdir -p work/data
 # Each stage's start time goes to the screen and to work/stages.log (the stage wall times).
 stage() { printf '\n== %s  (%s)\n' "$1" "$(date +%T)"; printf '%s\t%s\n' "$(date +%s)" "$1" >> work/stages.log; }
@@ -44,7 +52,7 @@ stage "prompts: $PROMPTS offline math / code / chat prompts"
 [ -f work/data/train.jsonl ] || "$DS" data fetch work/data/prompts.jsonl --out work/data/train.jsonl --test-size 0.05
 
 # Regeneration goes through vLLM's OpenAI server when the engine venv (scripts/engine_venv.sh) exists:
-# about 2x the in-process backend's tokens/s here (docs/data.md). REGEN_BACKEND=local forces the latter.
+# at least 2x the in-process backend's tokens/s on 2 cores (docs/data.md). REGEN_BACKEND=local forces the latter.
 ENGINE_PY="${DEEPSPEC_ENGINE_VENV:-$HOME/.cache/deepspec/engine-venv}/bin/python"
 done_lines() { [ -f "$2" ] && [ "$(wc -l < "$1")" = "$(wc -l < "$2")" ]; }
 if done_lines work/data/train.jsonl work/data/train.regen.jsonl \
@@ -53,8 +61,12 @@ if done_lines work/data/train.jsonl work/data/train.regen.jsonl \
 else
   if [ -x "$ENGINE_PY" ] && [ "${REGEN_BACKEND:-auto}" != local ]; then
     stage "regen: the target answers every prompt (vLLM server on 127.0.0.1:$VLLM_PORT)"
-    VLLM_CPU_KVCACHE_SPACE=2 setsid "$ENGINE_PY" -m vllm.entrypoints.openai.api_server --model work/target \
-      --served-model-name smollm2 --host 127.0.0.1 --port "$VLLM_PORT" --dtype bfloat16 --max-model-len 1024 \
+    # vLLM keeps one core for its scheduler and computes on the rest: on 2 cores that is one core.
+    # Giving it both measured 1.40x the tokens/s (docs/data.md).
+    reserved=()
+    [ "$(nproc)" -le 2 ] && reserved=(VLLM_CPU_NUM_OF_RESERVED_CPU=0)
+    env "${reserved[@]}" VLLM_CPU_KVCACHE_SPACE=2 setsid "$ENGINE_PY" -m vllm.entrypoints.openai.api_server --model work/target \
+      --served-model-name smollm2 --host 127.0.0.1 --port "$VLLM_PORT" --dtype "$FAST_DTYPE" --max-model-len 1024 \
       --max-num-seqs 32 --no-enable-chunked-prefill > work/vllm.log 2>&1 &
     server=$!
     trap 'kill -- -"$server" 2>/dev/null || true' EXIT

@@ -158,7 +158,10 @@ class TrainSpec(_Section):
     log_every: int = Field(10, ge=1, description="Log metrics every N optimizer steps.")
     val_every: int = Field(500, ge=1, description="Validate every N optimizer steps (and at the end).")
     val_samples: int = Field(64, ge=0, description="Held-out sequences used for validation.")
-    mixed_precision: Literal["auto", "bf16", "no"] = Field("auto", description="'auto' is bf16 autocast on GPU, fp32 on CPU.")
+    mixed_precision: Literal["auto", "bf16", "no"] = Field("auto", description=(
+        "'auto' is bf16 autocast on GPU, fp32 on CPU. 'bf16' on a CPU pays only where it multiplies bf16 "
+        "natively (AVX512-BF16 / AMX): elsewhere a step is ~12x slower than fp32 (docs/hardware.md)."
+    ))
     fused_losses: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Triton fused vocabulary losses: 'auto' uses them on CUDA when triton is installed; 'on' requires them "

@@ -259,3 +259,25 @@ def test_init_layers_that_do_not_fit_the_target_are_refused_before_anything_is_w
     with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
         train(make_spec("dflash", *sets), _quiet())
     assert not any(tmp_path.rglob("config.json"))
+
+
+def test_bf16_autocast_on_a_cpu_without_native_bf16_trains_in_bf16_and_says_it_is_slow_here(
+    make_spec, tmp_path, monkeypatch
+):
+    """train.mixed_precision = "bf16" is honoured on any CPU (the weights differ from fp32's), and
+    where the CPU would emulate bf16 the run says so once, with the setting to change."""
+    from deepspec_core.train import loop
+
+    sets = ("train.max_steps=1", "train.val_samples=0", "train.save_every=1", "train.val_every=1")
+    fp32 = train(make_spec("dflash", *sets, "train.mixed_precision=no", root=tmp_path / "fp32"), _quiet())
+    notes = {}
+    for native in (False, True):
+        monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda native=native: native)
+        messages: list[str] = []
+        bf16 = train(make_spec("dflash", *sets, "train.mixed_precision=bf16", root=tmp_path / f"bf16-{native}"),
+                     _quiet(messages))
+        notes[native] = [m for m in messages if "without native bf16" in m]
+    assert notes[True] == [] and len(notes[False]) == 1
+    assert 'train.mixed_precision = "bf16"' in notes[False][0] and '"no"' in notes[False][0]
+    a, b = _weights(fp32.checkpoint), _weights(bf16.checkpoint)
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from deepspec_core.errors import CheckpointError
+from deepspec_core.hardware import cpu_has_fast_bf16
 
 if TYPE_CHECKING:
     from deepspec_core.drafts import DraftModel
@@ -74,14 +75,6 @@ def load_draft(
     tgt = parts.target
     draft = parts.draft.to(dtype=decode_draft_dtype(draft_dtype, tgt.dtype, tgt.device)).eval()  # under no_grad
     return LoadedDraft(draft, tgt, spec, step, run, imported)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there a bf16 matmul reads half
-    the bytes of an fp32 one and is 3–6× faster at decoding's few rows (measured on SmolLM2's head)."""
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
 def decode_draft_dtype(name: str, target_dtype: torch.dtype, device: torch.device) -> torch.dtype:

@@ -23,6 +23,7 @@ from typing import Any
 
 from deepspec_core import paths
 from deepspec_core.errors import TargetError
+from deepspec_core.hardware import cpu_has_fast_bf16
 from deepspec_core.progress import Progress, as_progress
 from deepspec_core.targets import tiny_data as td
 
@@ -70,15 +71,6 @@ def _recipe(size: str) -> TinyRecipe:
     return SIZES[size]
 
 
-def use_bf16_autocast() -> bool:
-    """bf16 autocast pays off on CPUs with native bf16 matmuls (AMX / AVX512-BF16), else fp32."""
-    import torch
-
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(bool(getattr(cpu, c, lambda: False)()) for c in checks)
-
-
 def _usable_cores() -> int:
     # Cores this process may run on (taskset / container limits), not the machine's total:
     # more threads than cores makes every parallel region wait for descheduled threads.
@@ -97,7 +89,7 @@ def build_key(size: str, seed: int) -> tuple[str, dict[str, Any]]:
         "recipe": asdict(_recipe(size)),
         "python": platform.python_version(),
         "corpus": td.corpus_fingerprint(td.stdlib_files(root), root),
-        "bf16_autocast": use_bf16_autocast(),
+        "bf16_autocast": cpu_has_fast_bf16(),
     }
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     return key, params

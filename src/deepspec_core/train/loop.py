@@ -31,6 +31,7 @@ from deepspec_core.distributed import (
 )
 from deepspec_core.drafts.base import FROZEN_PREFIXES
 from deepspec_core.errors import CheckpointError, DeepspecError
+from deepspec_core.hardware import cpu_has_fast_bf16
 from deepspec_core.progress import Progress, as_progress
 from deepspec_core.runs import RunDir, checkpoint_config, load_weights
 from deepspec_core.spec import RunSpec, Schedule, TrainSpec, derive_schedule
@@ -230,6 +231,11 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
             f"{draft.num_trainable_parameters():,} trainable parameters, {env.world_size} process(es) on {device.type}"
         )
 
+    if env.is_main and device.type == "cpu" and spec.train.mixed_precision == "bf16" and not cpu_has_fast_bf16():
+        say(
+            "note: train.mixed_precision = \"bf16\" on a CPU without native bf16 (no AVX512-BF16 / AMX): "
+            "each step emulates bf16 and is slower than fp32 here; set it to \"auto\" or \"no\""
+        )
     model = _wrap(draft, spec, env, device)
     trainable = [p for p in model.parameters() if p.requires_grad]  # after wrapping: FSDP replaces them
     optimizer = torch.optim.AdamW(
