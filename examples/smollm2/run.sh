@@ -3,7 +3,7 @@
 # prompts offline, regenerate answers with the target, cache features, train Eagle3 / DFlash /
 # DSpark, evaluate at temperature 0 (with --speed) and 1, and compare.
 #
-#   bash run.sh            # the default size: ~3 h 35 min on 2 CPU cores (regen 33 min, cache 11, train 1 h 50 min, eval 1 h)
+#   bash run.sh            # the default size: ~3 h 35 min on 2 CPU cores with native bf16 (regen 33 min, cache 11, train 1 h 50 min, eval 1 h)
 #   QUICK=1 bash run.sh    # a few-minute check of every stage (tiny budgets, see QUICK_* below)
 #
 # Budgets live in the spec files (eagle3.toml, dflash.toml, dspark.toml); the quick check overrides
