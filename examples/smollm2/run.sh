@@ -29,7 +29,7 @@ if [ "${QUICK:-0}" = "1" ]; then
 fi
 
 # bf16 only where this CPU multiplies it natively (AVX512-BF16 / AMX): elsewhere it is emulated and
-# slower than fp32 (3.2x slower vLLM regeneration on an AVX2-only CPU; docs/results-smollm2.md).
+# slower than fp32 (3.2x slower vLLM regeneration on an AVX2-only CPU; docs/hardware.md).
 FAST_DTYPE="$("$PY" -m deepspec_core.hardware)"
 if [ "$FAST_DTYPE" = float32 ]; then
   echo "this CPU has no native bf16: vLLM serves in float32 and training runs without bf16 autocast"
