@@ -10,11 +10,11 @@ slower than fp32.
 
 from __future__ import annotations
 
-import torch
-
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX tiles)."""
+    import torch  # here, not at import: the CLI imports this module and must start without torch
+
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
