@@ -117,6 +117,26 @@ def test_a_verification_forward_under_few_row_linear_equals_the_plain_forward(ro
 
 
 @pytest.mark.parametrize("algo", ALGOS)
+def test_greedy_with_packed_weights_gives_the_plain_targets_tokens(algo):
+    """Target and draft computing through oneDNN-packed weights (what evaluation does on a CPU):
+    greedy speculative decoding still gives the unpacked target's own greedy tokens."""
+    import copy
+
+    from deepspec_core.decode.cpu_linear import pack_linears, packing_available
+
+    if not packing_available():
+        pytest.skip("this torch build has no oneDNN")
+    plain = _target(vocab=300)
+    model = copy.deepcopy(plain)
+    draft = _draft(algo, model)
+    assert pack_linears(model) > 0 and pack_linears(draft) > 0
+    for ids in _prompts(6):
+        want = target_generate(plain, ids, max_new_tokens=16)
+        got = speculative_generate(model, draft, ids, num_draft_tokens=3, max_new_tokens=16)
+        assert got.tokens == want.tokens, (algo, ids)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
 def test_greedy_is_lossless_with_a_reduced_draft_vocabulary(algo):
     """Drafts limited to 12 of 48 tokens (a non-contiguous mapping) still give the target's tokens."""
     from deepspec_core.drafts.base import build_vocab_mapping

@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from deepspec_cli.main import app
+from deepspec_core.decode.cpu_linear import is_packed, packing_available
 from deepspec_core.decode.speculative import target_generate
 from deepspec_core.distributed import free_port
 from deepspec_core.drafts import DRAFTS
@@ -102,6 +103,8 @@ def test_evaluate_writes_valid_results_and_auditable_outputs(tmp_path, tiny_targ
 
     # Saved outputs are auditable: the target alone, greedy, reproduces every generated id.
     loaded = load_draft(run)
+    # On a CPU both models decode through packed weights (cpu_linear), the baseline as well.
+    assert is_packed(loaded.target.model) == is_packed(loaded.draft) == packing_available()
     rows = [json.loads(line) for line in (out / "outputs" / "mt-bench.jsonl").read_text().splitlines()]
     assert [(row["sample"], row["turn"]) for row in rows] == [(0, 0), (1, 0)]  # first user turn only
     assert not p.all_turns and p.subset_seed == 980406

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from deepspec_core.decode.cpu_linear import pack_linears
 from deepspec_core.decode.speculative import speculative_generate, target_generate
 from deepspec_core.drafts import build_draft
 from deepspec_core.eval.loading import decode_draft_dtype, eos_token_ids, load_draft
@@ -50,14 +51,21 @@ def test_greedy_speculative_output_equals_target_greedy(smollm2_target, algo):
     k = draft.max_proposal() or 5
     eos = eos_token_ids(target.model, target.tokenizer)
     accepted = []
+    prompts = []
     for prompt in PROMPTS:
         text = target.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
         ids = torch.tensor([target.tokenizer(text, add_special_tokens=False)["input_ids"]])
-        want = target_generate(target.model, ids, max_new_tokens=48, eos_token_ids=eos)
-        got = speculative_generate(target.model, draft, ids, k, 48, eos_token_ids=eos)
-        assert got.tokens == want.tokens, (algo, prompt, target.tokenizer.decode(got.tokens))
-        accepted += got.accept_lengths
+        prompts.append((prompt, ids, target_generate(target.model, ids, max_new_tokens=48, eos_token_ids=eos)))
+    # The target with plain F.linear (FewRowLinear verification), then packed as `deepspec eval`
+    # decodes on a CPU: either way its own unpacked greedy tokens.
+    for packed in (False, True):
+        if packed and pack_linears(target.model) == 0:
+            break  # no oneDNN in this torch build
+        for prompt, ids, want in prompts:
+            got = speculative_generate(target.model, draft, ids, k, 48, eos_token_ids=eos)
+            assert got.tokens == want.tokens, (algo, packed, prompt, target.tokenizer.decode(got.tokens))
+            accepted += got.accept_lengths
     if trained:  # a trained draft must accept something, or the test checks only the 1-token path
         assert max(accepted) > 1, accepted

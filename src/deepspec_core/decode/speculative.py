@@ -20,6 +20,7 @@ softmax(logits / T) in fp32 — the first token after the prompt is drawn identi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepspec_core.decode.cpu_linear import FewRowLinear
+from deepspec_core.decode.cpu_linear import FewRowLinear, is_packed
 from deepspec_core.decode.kvcache import crop_cache, new_cache
 from deepspec_core.decode.policy import DraftLength
 from deepspec_core.decode.rounds import RoundOutcome
@@ -222,6 +223,8 @@ def speculative_generate(
         return gen
     draft.start(input_ids, feats.aux_hidden)
     policy = None if draft_length is None or draft_length.name == "fixed" else draft_length
+    # k + 1 rows at about the cost of one on a CPU (cpu_linear): packed weights do it on their own.
+    few_rows = contextlib.nullcontext if is_packed(model) else FewRowLinear
     while True:
         if policy is None:
             prop = draft.propose(last, k, temperature, generator)
@@ -233,7 +236,7 @@ def speculative_generate(
             prop = prop.head(policy.length(prop.confidences[0].tolist()))
         drafted = prop.tokens.shape[1]  # k, or fewer when the policy stopped the chain
         block = torch.cat([last[:, None], prop.tokens], dim=1)  # (1, drafted+1)
-        with FewRowLinear():  # k + 1 rows at about the cost of one on a CPU (cpu_linear)
+        with few_rows():
             feats = capture_features(model, block, layer_ids=layer_ids, past_key_values=cache, use_cache=True)
             logits = lm_logits(model, feats.final_hidden)  # (1, drafted+1, V)
         verdict = verify_fn(prop, logits, temperature, generator)

@@ -59,7 +59,10 @@ class DSparkDraft(DFlashDraft):
         return hidden, self.seq_head.features(prev, hidden)
 
     def row_logits(self, h: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
-        logits = self.vocab_logits(h)
+        return self.biased_logits(self.vocab_logits(h), *extra)
+
+    def biased_logits(self, logits: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        """Backbone logits U_k (…, Vd) plus the sequential head's bias of features e (…, r), if any."""
         if not extra:
             return logits
         return logits.float() + self.seq_head.bias(extra[0]).float()
@@ -104,6 +107,9 @@ class DSparkDraft(DFlashDraft):
                 prop.confidences = torch.sigmoid(self.confidence(hidden))
             return prop
         b, k, _ = hidden.shape
+        # The backbone's U_k does not depend on the drafted tokens: one head product for all k slots
+        # (about the cost of one row on a CPU), then each slot adds its sequential bias in turn.
+        base = self.vocab_logits(hidden)  # (B, k, Vd)
         prev, state = last_token, None
         tokens: list[torch.Tensor] = []
         probs: list[torch.Tensor] = []
@@ -115,7 +121,7 @@ class DSparkDraft(DFlashDraft):
             if c is not None and policy is not None and policy.length([*(x.item() for x in confs), c.item()]) <= i:
                 break
             e, state = self.seq_head.step(prev, h, state)
-            tok, p, dist, own = self.sample_tokens(self.row_logits(h, e), temperature, generator)
+            tok, p, dist, own = self.sample_tokens(self.biased_logits(base[:, i], e), temperature, generator)
             tokens.append(tok)
             probs.append(p)
             dists.append(dist)

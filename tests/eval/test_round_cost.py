@@ -1,0 +1,38 @@
+"""benchmarks/round_cost.py on a tiny run: every part of a round is reported, the parts add up to
+the round, and both kernel choices (packed weights, plain F.linear) decode the same rounds."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_runner import _run_dir
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "round_cost.py"
+PARTS = ("target forward", "target lm_head", "verify rule", "cache crop", "draft propose", "draft commit", "other")
+
+
+def test_round_cost_reports_the_parts_of_a_round_in_target_steps(tmp_path, tiny_target):
+    run = _run_dir(tmp_path, tiny_target, "dspark")
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), str(run), "--k", "3", "--tokens", "6", "--prompts", "1", "--repeats", "1"],
+        capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    ).stdout
+    sections = out.split("\ndspark (")[1:]
+    assert [s.split(", ")[1] for s in sections] == ["packed kernels", "plain kernels"]
+    taus = []
+    for s in sections:
+        ms = {m[1].strip(): (float(m[2]), float(m[3]))
+              for m in re.finditer(r"^  ([a-z_ ]+?)\s+(-?[\d.]+) ms\s+(-?[\d.]+) steps", s, re.M)}
+        assert set(ms) == {*PARTS, "round"}, s
+        assert sum(ms[p][0] for p in PARTS) == pytest.approx(ms["round"][0], abs=0.1 * len(PARTS))
+        assert ms["target forward"][0] > 0 and ms["draft propose"][0] > 0
+        taus.append(re.search(r"rounds, τ ([\d.]+)", s)[1])
+    assert taus[0] == taus[1]  # the kernels change the speed, not the greedy rounds
+    assert len(re.findall(r"^  .*, (packed|plain): [\d.]+ ms, [\d.]+$", out, re.M)) == 2
