@@ -132,7 +132,7 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="Device: auto, cpu, cuda, cuda:1, ..."),
     draft_dtype: str = typer.Option(
         "auto", "--draft-dtype",
-        help="dtype the draft decodes in: auto (the target's; bf16 beside an fp32 target on a CPU with native bf16), "
+        help="dtype the draft decodes in: auto (the target's; bf16 beside an fp32 target on a CPU), "
         "bfloat16, float16 or float32. It changes the proposals, never the output.",
     ),
 ) -> None:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from deepspec_core.errors import CheckpointError
-from deepspec_core.hardware import cpu_has_fast_bf16
 
 if TYPE_CHECKING:
     from deepspec_core.drafts import DraftModel
@@ -86,18 +85,22 @@ def load_draft(
 
 def decode_draft_dtype(name: str, target_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype the draft decodes in: ``name`` (bfloat16 / float16 / float32), or for "auto" the
-    target's dtype, except bf16 beside an fp32 target on a CPU with native bf16.
+    target's dtype, except bf16 beside an fp32 target on a CPU.
 
-    The draft's precision cannot change what is committed (the target verifies every token, and at
-    T > 0 the rejection rule uses the fp32 distribution the draft actually sampled from), only
-    which tokens are proposed; the target keeps its own dtype because a bf16 target's k + 1-row
-    verification does not round like its 1-row steps, so greedy output would drift from
-    target-only decoding. Raises TargetError for an unknown name."""
+    On a CPU a draft's products have few rows (one per token for Eagle3, a block for DFlash /
+    DSpark) and are bound by reading the weights, so bf16 pays even where the CPU converts it to
+    fp32 to multiply (docs/hardware.md): measured on SmolLM2-135M, 2 AVX2-only cores, Eagle3's five
+    proposal steps went from 0.29 to 0.18 target steps, DFlash's and DSpark's rounds from 1.45 / 1.46
+    to 1.42 / 1.43. The draft's precision cannot change what is committed (the target verifies
+    every token, and at T > 0 the rejection rule uses the fp32 distribution the draft actually
+    sampled from), only which tokens are proposed; the target keeps its own dtype because a bf16
+    target's k + 1-row verification does not round like its 1-row steps, so greedy output would
+    drift from target-only decoding. Raises TargetError for an unknown name."""
     from deepspec_core.targets.hf import resolve_dtype
 
     if name != "auto":
         return resolve_dtype(name, device)
-    if device.type == "cpu" and target_dtype == torch.float32 and cpu_has_fast_bf16():
+    if device.type == "cpu" and target_dtype == torch.float32:
         return torch.bfloat16
     return target_dtype
 
