@@ -27,3 +27,13 @@ def test_bf16_is_the_fast_dtype_only_where_the_cpu_multiplies_it_natively(monkey
 def test_the_shell_entry_point_prints_this_machines_dtype_and_nothing_else():
     out = subprocess.run([sys.executable, "-m", "deepspec_core.hardware"], capture_output=True, text=True, check=True)
     assert out.stdout == hardware.fast_dtype_name() + "\n"
+
+
+def test_available_memory_is_bytes_between_nothing_and_the_physical_memory():
+    import os
+
+    free = hardware.available_memory_bytes()
+    if sys.platform.startswith("linux"):
+        assert free is not None
+    if free is not None:
+        assert 0 < free <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -47,6 +47,12 @@ def test_pack_linears_packs_fp32_cpu_layers_once_and_leaves_the_rest():
     assert "_deepspec_packed" not in "".join(model.state_dict())  # checkpoints and exports are unchanged
 
 
+def test_nothing_is_packed_when_the_copy_would_not_fit():
+    model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 4))  # 128 + 64 weights of 4 bytes
+    assert pack_linears(model, max_bytes=767) == 0 and not is_packed(model)
+    assert pack_linears(model, max_bytes=768) == 2
+
+
 def test_packing_unavailable_packs_nothing(monkeypatch):
     monkeypatch.setattr(cpu_linear, "packing_available", lambda: False)
     model = nn.Linear(8, 4)

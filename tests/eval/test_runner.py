@@ -103,8 +103,11 @@ def test_evaluate_writes_valid_results_and_auditable_outputs(tmp_path, tiny_targ
 
     # Saved outputs are auditable: the target alone, greedy, reproduces every generated id.
     loaded = load_draft(run)
-    # On a CPU both models decode through packed weights (cpu_linear), the baseline as well.
-    assert is_packed(loaded.target.model) == is_packed(loaded.draft) == packing_available()
+    # On a CPU the fp32 target decodes through packed weights (cpu_linear), the baseline as well;
+    # the draft decodes in bf16 there (decode_draft_dtype), which packing leaves alone.
+    assert is_packed(loaded.target.model) == packing_available()
+    assert loaded.draft.param_dtype == torch.bfloat16 and not is_packed(loaded.draft)
+    assert is_packed(load_draft(run, draft_dtype="float32").draft) == packing_available()
     rows = [json.loads(line) for line in (out / "outputs" / "mt-bench.jsonl").read_text().splitlines()]
     assert [(row["sample"], row["turn"]) for row in rows] == [(0, 0), (1, 0)]  # first user turn only
     assert not p.all_turns and p.subset_seed == 980406
@@ -174,6 +177,14 @@ def test_the_draft_decodes_in_bf16_beside_an_fp32_target_on_any_cpu(monkeypatch,
     assert loading.decode_draft_dtype(name, target, torch.device("cpu")) == want
     # on a GPU "auto" is the target's dtype
     assert loading.decode_draft_dtype("auto", torch.float32, torch.device("cuda")) == torch.float32
+
+
+def test_models_are_not_packed_where_the_copy_would_not_fit_in_memory(monkeypatch, tmp_path, tiny_target):
+    from deepspec_core import hardware
+
+    monkeypatch.setattr(hardware, "available_memory_bytes", lambda: 1 << 20)  # 1 MiB free
+    loaded = load_draft(_run_dir(tmp_path, tiny_target, "dflash"))
+    assert not is_packed(loaded.target.model) and not is_packed(loaded.draft)
 
 
 def test_checkpoint_resolution_errors(tmp_path):

@@ -11,7 +11,7 @@ preferred:
   ``F.linear``, 6 rows 34.7 against 73.2 ms (59.2 with :class:`FewRowLinear`); its 49,152 × 576
   lm_head 4.9 / 6.8 ms for 1 / 6 rows against 9.6 / 25.0. Row r of a many-row product equals the
   one-row product bit for bit, so a verification scores each position exactly as a step would.
-  Both decoders use the packed model, so the target-only baseline gets the same speed-up.
+  Both decoders use the packed model: the target-only baseline is never the slower of the two.
 - :class:`FewRowLinear`, where packing is unavailable: a verification's ``F.linear`` calls with
   2–8 rows are computed as W·xᵀ — the weight as the left operand — so the GEMM does not repack the
   whole weight per call. Measured on SmolLM2-135M (2 cores, AVX-512): a 6-token forward cost
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+PACKED = "_deepspec_packed"  # the attribute holding (packed weight, data_ptr, _version) of a packed nn.Linear
 MAX_ROWS = 8  # beyond ~12 rows the GEMM's packing pays for itself (measured: parity at 12–16)
 
 
@@ -69,40 +70,45 @@ def packing_available() -> bool:
 
 
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    packed, ptr, version = self._deepspec_packed  # type: ignore[attr-defined]
+    packed, ptr, version = getattr(self, PACKED)
     w = self.weight
     # The packed copy is only valid for the weight it was made from, and has no backward: anything
     # else (a weight changed in place, replaced, moved, cast, or a forward that needs gradients)
     # takes F.linear.
-    if (w._version != version or w.data_ptr() != ptr or w.device.type != "cpu" or w.dtype != torch.float32 or x.dtype != torch.float32
-            or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
+    stale = w._version != version or w.data_ptr() != ptr or w.device.type != "cpu" or w.dtype != torch.float32
+    needs_grad = torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)
+    if stale or needs_grad or x.dtype != torch.float32:
         return F.linear(x, w, self.bias)
     return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
 
 
-def pack_linears(model: nn.Module) -> int:
+def _packable(model: nn.Module) -> list[nn.Linear]:
+    return [m for m in model.modules()
+            if isinstance(m, nn.Linear) and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
+
+
+def pack_linears(model: nn.Module, max_bytes: int | None = None) -> int:
     """Compute every fp32 CPU ``nn.Linear`` of ``model`` through a oneDNN-packed copy of its weight.
 
-    For decoding (under ``torch.no_grad``): costs one more copy of those weights in memory and
-    ~0.25 s per 28 M parameters once. Idempotent; returns the number of layers packed (0 where
-    :func:`packing_available` is false or nothing is fp32 on a CPU). Forwards that need
-    gradients, and weights changed after packing, fall back to ``F.linear`` on their own.
+    For decoding (under ``torch.no_grad``): costs one more copy of those weights in memory (nothing
+    is packed when that copy would exceed ``max_bytes``) and ~0.25 s per 28 M parameters once.
+    Idempotent; returns the number of layers packed (0 where :func:`packing_available` is false or
+    nothing is fp32 on a CPU). Forwards that need gradients, and weights changed after packing,
+    fall back to ``F.linear`` on their own.
     """
     if not packing_available():
         return 0
-    n = 0
-    for m in model.modules():
-        w = getattr(m, "weight", None)
-        if not isinstance(m, nn.Linear) or w is None or w.device.type != "cpu" or w.dtype != torch.float32:
-            continue
+    layers = _packable(model)
+    if max_bytes is not None and sum(m.weight.nbytes for m in layers) > max_bytes:
+        return 0
+    for m in layers:
+        w = m.weight
         with torch.no_grad():
-            m._deepspec_packed = (
-                torch.ops.mkldnn._reorder_linear_weight(w.detach(), None), w.data_ptr(), w._version)
+            setattr(m, PACKED, (torch.ops.mkldnn._reorder_linear_weight(w.detach(), None), w.data_ptr(), w._version))
         m.forward = types.MethodType(_packed_forward, m)  # type: ignore[method-assign]
-        n += 1
-    return n
+    return len(layers)
 
 
 def is_packed(model: nn.Module) -> bool:
     """Whether :func:`pack_linears` packed at least one layer of ``model``."""
-    return any(hasattr(m, "_deepspec_packed") for m in model.modules())
+    return any(hasattr(m, PACKED) for m in model.modules())

@@ -40,8 +40,8 @@ def load_draft(
     or a public draft's) is read the same way through :mod:`deepspec_core.export.importer`.
     ``target`` overrides the spec's target model; the draft decodes in ``draft_dtype``
     (:func:`decode_draft_dtype`). On a CPU the fp32 linear layers of both models compute through
-    oneDNN-packed weights (:func:`deepspec_core.decode.cpu_linear.pack_linears`): the same speed-up
-    for target-only and speculative decoding."""
+    oneDNN-packed weights (:func:`deepspec_core.decode.cpu_linear.pack_linears`), for target-only
+    and speculative decoding alike, where the packed copies fit in half the memory available."""
     from deepspec_core.assembly import assemble, checkpoint_spec
     from deepspec_core.export.importer import is_speculators_dir, speculators_spec, speculators_weights
     from deepspec_core.runs import resolve_checkpoint
@@ -77,9 +77,11 @@ def load_draft(
     draft = parts.draft.to(dtype=decode_draft_dtype(draft_dtype, tgt.dtype, tgt.device)).eval()  # under no_grad
     if tgt.device.type == "cpu":
         from deepspec_core.decode.cpu_linear import pack_linears
+        from deepspec_core.hardware import available_memory_bytes
 
-        pack_linears(tgt.model)
-        pack_linears(draft)
+        free = available_memory_bytes()
+        for model in (tgt.model, draft):
+            pack_linears(model, max_bytes=None if free is None else free // 2)
     return LoadedDraft(draft, tgt, spec, step, run, imported)
 
 
