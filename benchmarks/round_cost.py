@@ -13,8 +13,10 @@ token) and speculatively, every variant in turn prompt by prompt, ``--repeats`` 
 machine whose speed drifts slows all variants alike. Each part of a round is timed: the target's
 verification forward (k + 1 tokens through the layers), its lm_head, the verification rule, the
 KV-cache crop, the draft's propose and commit, and the rest ("other": Python, lists). Every part
-is reported in ms per round and in target steps (ms ÷ the baseline's ms per token), so the parts
-add up to the round cost that ``deepspec eval --speed`` reports. CPU wall clock.
+is reported in ms per round and in target steps (ms ÷ the baseline's ms per step). The prefill
+(prompt forward, first token) is timed apart and left out of both the round and the step; ``deepspec
+eval --speed`` keeps it in both timings, so on short generations its round cost reads a little
+higher than this one. CPU wall clock.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class Variant:
     base_s: float = 0.0
     spec_s: float = 0.0
     prefill_s: float = 0.0
+    prompts: int = 0
     base_tok: int = 0
     spec_tok: int = 0
     rounds: int = 0
@@ -101,6 +104,7 @@ def decode(v: Variant, x: torch.Tensor, k: int, tokens: int) -> None:
     # The prefill (prompt forward, first token) is not part of a round: max_new_tokens = 1 stops
     # before any round, so this times it alone.
     v.prefill_s += timed(sp.speculative_generate, model, draft, x, k, 1, 0.0, None, v.eos)[1]
+    v.prompts += 1
     propose, commit = draft.propose, draft.commit
     with mock.patch.multiple(sp, **{n: t.wrap(PARTS[n], getattr(sp, n)) for n in PARTS}):
         draft.propose, draft.commit = t.wrap("draft propose", propose), t.wrap("draft commit", commit)
@@ -115,10 +119,13 @@ def decode(v: Variant, x: torch.Tensor, k: int, tokens: int) -> None:
 def report(run: str, v: Variant, a: argparse.Namespace, n_prompts: int) -> float:
     """Print the parts of a round in ms and target steps; return the round cost in target steps."""
     parts = {name: s / v.rounds for name, s in v.timers.seconds.items()}
-    parts["target forward"] -= v.prefill_s / v.rounds  # the wrapped runs' prefill forward is not a round's
+    # The prefill is no round's: its forward (and the first token's 1-row lm_head, a few ms per
+    # prompt) leave "target forward", and the whole of it leaves the round and the baseline step.
+    parts["target forward"] -= v.prefill_s / v.rounds
     round_s = (v.spec_s - v.prefill_s) / v.rounds
     parts["other"] = round_s - sum(parts.values())
-    step, tau = v.base_s / v.base_tok, v.spec_tok / v.rounds
+    # Target-only: the prefill yields each prompt's first token, every later token costs one step.
+    step, tau = (v.base_s - v.prefill_s) / (v.base_tok - v.prompts), v.spec_tok / v.rounds
     print(f"\n{v.loaded.spec.draft.algo} ({run}), {v.label}, k = {a.k}, {n_prompts} prompts × {a.tokens} tokens × {a.repeats}")
     print(f"  target-only step {step * 1e3:.1f} ms ({v.base_tok} tokens); {v.rounds} rounds, τ {tau:.2f}")
     for name, s in sorted(parts.items(), key=lambda kv: -kv[1]):

@@ -36,4 +36,13 @@ def test_available_memory_is_bytes_between_nothing_and_the_physical_memory():
     if sys.platform.startswith("linux"):
         assert free is not None
     if free is not None:
-        assert 0 < free <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        assert 0 <= free <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_container_memory_limit_caps_the_available_memory(tmp_path):
+    (tmp_path / "memory.max").write_text("3000000\n")
+    (tmp_path / "memory.current").write_text("1000000\n")
+    free = hardware.available_memory_bytes(cgroup=tmp_path)
+    assert free is not None and free <= 2_000_000
+    (tmp_path / "memory.max").write_text("max\n")  # no limit: the machine's own figure
+    assert hardware.available_memory_bytes(cgroup=tmp_path) == hardware.available_memory_bytes(cgroup=tmp_path / "none")

@@ -30,19 +30,29 @@ def fast_dtype_name() -> str:
     return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
 
-def available_memory_bytes() -> int | None:
-    """Memory the OS can give this process now: Linux's MemAvailable (free plus reclaimable page
-    cache), else the free physical pages, None where the OS says neither."""
+def available_memory_bytes(cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Memory this process can still take: Linux's MemAvailable (free plus reclaimable page cache),
+    lowered to what a cgroup v2 limit leaves (containers); elsewhere the free physical pages; None
+    where the OS says neither."""
+    free: int | None = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                free = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    if free is None:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            free = min(free, max(int(limit) - int((cgroup / "memory.current").read_text()), 0))
+    except (OSError, ValueError):
+        pass
+    return free
 
 
 if __name__ == "__main__":  # for shell scripts: python -m deepspec_core.hardware

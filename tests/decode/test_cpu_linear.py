@@ -51,6 +51,26 @@ def test_nothing_is_packed_when_the_copy_would_not_fit():
     model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 4))  # 128 + 64 weights of 4 bytes
     assert pack_linears(model, max_bytes=767) == 0 and not is_packed(model)
     assert pack_linears(model, max_bytes=768) == 2
+    other = nn.Linear(4, 4)  # the budget covers every model of one call together
+    assert pack_linears(nn.Linear(8, 16), other, max_bytes=8 * 16 * 4) == 0
+
+
+def test_a_weight_shared_by_two_models_is_packed_once():
+    head = nn.Linear(8, 32, bias=False)
+    copy = nn.Linear(8, 32, bias=False)
+    copy.weight = nn.Parameter(head.weight.detach(), requires_grad=False)  # a draft's frozen target head
+    assert pack_linears(head, copy) == 2
+    assert getattr(head, cpu_linear.PACKED)[0] is getattr(copy, cpu_linear.PACKED)[0]
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        assert torch.equal(head(x), copy(x))
+
+
+def test_autocast_is_honoured_by_a_packed_layer():
+    plain, packed = _layer(6, 5, bias=True, seed=2)
+    x = torch.randn(2, 5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert packed(x).dtype == plain(x).dtype == torch.bfloat16
 
 
 def test_packing_unavailable_packs_nothing(monkeypatch):

@@ -183,7 +183,8 @@ def test_models_are_not_packed_where_the_copy_would_not_fit_in_memory(monkeypatc
     from deepspec_core import hardware
 
     monkeypatch.setattr(hardware, "available_memory_bytes", lambda: 1 << 20)  # 1 MiB free
-    loaded = load_draft(_run_dir(tmp_path, tiny_target, "dflash"))
+    loaded = load_draft(_run_dir(tmp_path, tiny_target, "dflash"), draft_dtype="float32")
+    assert loaded.draft.param_dtype == torch.float32  # packable, were there room
     assert not is_packed(loaded.target.model) and not is_packed(loaded.draft)
 
 

@@ -39,7 +39,7 @@ def _draft(algo: str, target):
     spec = spec.model_copy(update={"target": spec.target.model_copy(update={"model": str(target.path)})})
     torch.manual_seed(0)
     draft = build_draft(spec, target.config, target.model.get_input_embeddings(), target.model.get_output_embeddings())
-    # the dtype eval would decode it in (bf16 on a CPU with native bf16): that path must stay lossless too
+    # the dtype eval would decode it in (bf16 beside the fp32 target on a CPU): that path must stay lossless too
     return draft.to(decode_draft_dtype("auto", torch.float32, torch.device("cpu"))).eval(), False
 
 

@@ -72,39 +72,39 @@ def packing_available() -> bool:
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     packed, ptr, version = getattr(self, PACKED)
     w = self.weight
-    # The packed copy is only valid for the weight it was made from, and has no backward: anything
-    # else (a weight changed in place, replaced, moved, cast, or a forward that needs gradients)
-    # takes F.linear.
+    # The packed copy is only valid for the weight it was made from, and has no backward nor
+    # autocast: anything else (a weight changed in place, replaced, moved or cast, a forward that
+    # needs gradients, an autocast region) takes F.linear.
     stale = w._version != version or w.data_ptr() != ptr or w.device.type != "cpu" or w.dtype != torch.float32
     needs_grad = torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)
-    if stale or needs_grad or x.dtype != torch.float32:
+    if stale or needs_grad or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
         return F.linear(x, w, self.bias)
     return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
 
 
-def _packable(model: nn.Module) -> list[nn.Linear]:
-    return [m for m in model.modules()
-            if isinstance(m, nn.Linear) and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
+def pack_linears(*models: nn.Module, max_bytes: int | None = None) -> int:
+    """Compute every fp32 CPU ``nn.Linear`` of ``models`` through a oneDNN-packed copy of its weight.
 
-
-def pack_linears(model: nn.Module, max_bytes: int | None = None) -> int:
-    """Compute every fp32 CPU ``nn.Linear`` of ``model`` through a oneDNN-packed copy of its weight.
-
-    For decoding (under ``torch.no_grad``): costs one more copy of those weights in memory (nothing
-    is packed when that copy would exceed ``max_bytes``) and ~0.25 s per 28 M parameters once.
-    Idempotent; returns the number of layers packed (0 where :func:`packing_available` is false or
-    nothing is fp32 on a CPU). Forwards that need gradients, and weights changed after packing,
-    fall back to ``F.linear`` on their own.
+    For decoding (under ``torch.no_grad``): costs one more copy of those weights in memory, made
+    once per weight even where layers (of one model or several, e.g. a draft's frozen copy of the
+    target's lm_head) share it; nothing is packed when the copies would exceed ``max_bytes``.
+    Packing takes ~0.25 s per 28 M parameters. Idempotent; returns the number of layers packed (0
+    where :func:`packing_available` is false or nothing is fp32 on a CPU). Forwards that need
+    gradients or run under autocast, and weights changed in place or replaced after packing, fall
+    back to ``F.linear`` on their own; a change through ``weight.data`` is not seen (repack after it).
     """
     if not packing_available():
         return 0
-    layers = _packable(model)
-    if max_bytes is not None and sum(m.weight.nbytes for m in layers) > max_bytes:
+    layers = [m for model in models for m in model.modules()
+              if isinstance(m, nn.Linear) and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
+    weights = {(m.weight.data_ptr(), m.weight.shape): m.weight for m in layers}
+    if max_bytes is not None and sum(w.nbytes for w in weights.values()) > max_bytes:
         return 0
+    with torch.no_grad():
+        packed = {key: torch.ops.mkldnn._reorder_linear_weight(w.detach(), None) for key, w in weights.items()}
     for m in layers:
         w = m.weight
-        with torch.no_grad():
-            setattr(m, PACKED, (torch.ops.mkldnn._reorder_linear_weight(w.detach(), None), w.data_ptr(), w._version))
+        setattr(m, PACKED, (packed[(w.data_ptr(), w.shape)], w.data_ptr(), w._version))
         m.forward = types.MethodType(_packed_forward, m)  # type: ignore[method-assign]
     return len(layers)
 

@@ -389,8 +389,8 @@ class DraftModel(nn.Module):
 
     def head_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Frozen target lm_head (with the target's softcap) applied to draft hidden states."""
-        w = self.target_head.weight
-        logits = torch.nn.functional.linear(h.to(w.dtype), w)
+        # Through the module, so that decoding's packed weights (decode/cpu_linear.py) apply.
+        logits = self.target_head(h.to(self.target_head.weight.dtype))
         if self.softcap:
             logits = self.softcap * torch.tanh(logits.float() / self.softcap)
         return logits

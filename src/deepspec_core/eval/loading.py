@@ -41,7 +41,8 @@ def load_draft(
     ``target`` overrides the spec's target model; the draft decodes in ``draft_dtype``
     (:func:`decode_draft_dtype`). On a CPU the fp32 linear layers of both models compute through
     oneDNN-packed weights (:func:`deepspec_core.decode.cpu_linear.pack_linears`), for target-only
-    and speculative decoding alike, where the packed copies fit in half the memory available."""
+    and speculative decoding alike, where the packed copies fit in half the memory available
+    (:func:`deepspec_core.hardware.available_memory_bytes`)."""
     from deepspec_core.assembly import assemble, checkpoint_spec
     from deepspec_core.export.importer import is_speculators_dir, speculators_spec, speculators_weights
     from deepspec_core.runs import resolve_checkpoint
@@ -80,8 +81,7 @@ def load_draft(
         from deepspec_core.hardware import available_memory_bytes
 
         free = available_memory_bytes()
-        for model in (tgt.model, draft):
-            pack_linears(model, max_bytes=None if free is None else free // 2)
+        pack_linears(tgt.model, draft, max_bytes=None if free is None else free // 2)
     return LoadedDraft(draft, tgt, spec, step, run, imported)
 
 
