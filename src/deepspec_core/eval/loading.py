@@ -93,7 +93,7 @@ def decode_draft_dtype(name: str, target_dtype: torch.dtype, device: torch.devic
     DSpark) and are bound by reading the weights, so bf16 pays even where the CPU converts it to
     fp32 to multiply (docs/hardware.md): measured on SmolLM2-135M, 2 AVX2-only cores, Eagle3's five
     proposal steps went from 0.29 to 0.18 target steps, DFlash's and DSpark's rounds from 1.45 / 1.46
-    to 1.42 / 1.43. The draft's precision cannot change what is committed (the target verifies
+    to 1.42 / 1.43 (separate runs). The draft's precision cannot change what is committed (the target verifies
     every token, and at T > 0 the rejection rule uses the fp32 distribution the draft actually
     sampled from), only which tokens are proposed; the target keeps its own dtype because a bf16
     target's k + 1-row verification does not round like its 1-row steps, so greedy output would
