@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deepspec_core import losses
 
@@ -144,3 +146,25 @@ def test_the_memory_budget_trades_flops_for_memory_without_changing_values_or_gr
     target_matmul = 2 * n * h * v
     # recomputing repeats the draft's logits, and the target's too unless a reduced view was kept
     assert f0 - f1 == draft_matmul + (0 if reduced else target_matmul)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 700), v=st.integers(8, 300), vd_frac=st.floats(0.05, 1.0), softcap=st.sampled_from([None, 5.0]),
+       seed=st.integers(0, 2**16))
+def test_a_stored_target_summary_gives_the_same_view(n, v, vd_frac, softcap, seed):
+    """target_view from a precomputed target_summary (what a format-2 cache stores) equals the view
+    computed from the full-vocabulary product: the draft ids' logits, the logsumexp and the argmax —
+    for any row count (across the chunk size), vocabulary, reduced vocabulary and softcap."""
+    g = torch.Generator().manual_seed(seed)
+    h = 16
+    hidden = torch.randn(n, h, generator=g).to(torch.bfloat16)
+    weight = torch.randn(v, h, generator=g)
+    ids = torch.randperm(v, generator=g)[: max(1, int(v * vd_frac))].sort().values
+    summary = losses.target_summary(hidden, weight, softcap)
+    assert summary[0].shape == summary[1].shape == (n,)
+    want = losses.target_view(hidden, weight, softcap, ids)
+    got = losses.target_view(hidden, weight, softcap, ids, summary)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(got[2], want[2])
+    assert got[0].shape == (n, ids.numel())

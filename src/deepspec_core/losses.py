@@ -87,19 +87,49 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 TERMS = ("soft_ce", "ce", "tv", "correct")
 
 
+def _target_logits(hidden: torch.Tensor, weight: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    logits = F.linear(hidden.to(weight.dtype), weight).float()  # (c, V)
+    return softcap * torch.tanh(logits / softcap) if softcap else logits
+
+
+def target_summary(
+    target_hidden: torch.Tensor, target_weight: torch.Tensor, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logsumexp (N,) fp32 and argmax (N,) int64 of the target's full-vocabulary logits at
+    final-norm hidden states (N, H), ``DEFAULT_CHUNK_ROWS`` rows at a time. What a reduced-vocabulary
+    loss needs of the vocabulary outside the draft ids; the feature cache stores it per position
+    (docs/cache.md) so that training computes only the draft ids' logits."""
+    lse, top = [], []
+    with torch.no_grad():
+        for start in range(0, target_hidden.shape[0], DEFAULT_CHUNK_ROWS):
+            logits = _target_logits(target_hidden[start : start + DEFAULT_CHUNK_ROWS], target_weight, softcap)
+            lse.append(torch.logsumexp(logits, dim=-1))
+            top.append(logits.argmax(-1))
+    if not lse:
+        return target_hidden.new_zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.long, device=target_hidden.device)
+    return torch.cat(lse), torch.cat(top)
+
+
 def target_view(
-    target_hidden: torch.Tensor, target_weight: torch.Tensor, softcap: float | None, draft_ids: torch.Tensor | None
+    target_hidden: torch.Tensor, target_weight: torch.Tensor, softcap: float | None, draft_ids: torch.Tensor | None,
+    summary: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What the loss terms need of the target, without gradient: its logits on the draft ids
     (N, Vd) (all V with the full vocabulary), their full-vocabulary logsumexp (N,) and argmax (N,).
-    Computed ``DEFAULT_CHUNK_ROWS`` rows at a time, so only the (N, Vd) result is ever whole."""
+    Computed ``DEFAULT_CHUNK_ROWS`` rows at a time, so only the (N, Vd) result is ever whole.
+    ``summary``: the rows' precomputed :func:`target_summary` (from the feature cache); with a
+    reduced vocabulary only the Vd draft rows of the head are then multiplied (Vd/V of the work)."""
+    if summary is not None and draft_ids is not None:
+        with torch.no_grad():
+            weight = target_weight[draft_ids.to(target_weight.device)]  # (Vd, H)
+            logits_d = torch.cat([_target_logits(target_hidden[s : s + DEFAULT_CHUNK_ROWS], weight, softcap)
+                                  for s in range(0, max(1, target_hidden.shape[0]), DEFAULT_CHUNK_ROWS)])
+        lse, top = summary
+        return logits_d, lse.float(), top.long()
     parts = []
     with torch.no_grad():
         for start in range(0, max(1, target_hidden.shape[0]), DEFAULT_CHUNK_ROWS):
-            th = target_hidden[start : start + DEFAULT_CHUNK_ROWS]
-            logits = F.linear(th.to(target_weight.dtype), target_weight).float()  # (c, V)
-            if softcap:
-                logits = softcap * torch.tanh(logits / softcap)
+            logits = _target_logits(target_hidden[start : start + DEFAULT_CHUNK_ROWS], target_weight, softcap)
             parts.append((logits if draft_ids is None else logits[:, draft_ids],
                           torch.logsumexp(logits, dim=-1), logits.argmax(-1)))
     if len(parts) == 1:
@@ -183,6 +213,7 @@ def vocab_terms(
     target: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     fused: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    summary: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-row loss terms of N rows, computed ``chunk_rows`` rows at a time.
 
@@ -198,6 +229,8 @@ def vocab_terms(
     tv from the Triton kernels (CUDA, or CPU under ``TRITON_INTERPRET=1``) instead of eager torch.
     ``memory_budget``: bytes the backward may keep (:func:`kept_bytes`); above it every chunk is
     recomputed in backward, target view included. Values and gradients are the same either way.
+    ``summary``: the rows' (logsumexp (N,), argmax (N,)) from :func:`target_summary`, when the
+    caller has them (a version-2 feature cache): a reduced view then costs Vd/V of the matmul.
     """
     n = draft_inputs[0].shape[0]
     chunk_rows = max(1, chunk_rows)
@@ -217,7 +250,8 @@ def vocab_terms(
             if draft_ids is not None or not recompute:
                 # Computed once and kept for the backward: a reduced view is small next to the (c, V)
                 # target matmul, and a full one fits the budget.
-                view = target_view(target_hidden[sl], target_weight, softcap, draft_ids)
+                view = target_view(target_hidden[sl], target_weight, softcap, draft_ids,
+                                   None if summary is None else (summary[0][sl], summary[1][sl]))
             else:
                 view = functools.partial(target_view, target_hidden[sl], target_weight, softcap, None)
         chunk_labels = None if labels is None else labels[sl]
@@ -237,6 +271,6 @@ def vocab_terms(
 
 __all__ = [
     "soft_cross_entropy", "cross_entropy", "total_variation", "bce_towards", "position_weights",
-    "step_weights", "weighted_mean", "target_view", "vocab_terms", "kept_bytes", "DEFAULT_CHUNK_ROWS",
+    "step_weights", "weighted_mean", "target_view", "target_summary", "vocab_terms", "kept_bytes", "DEFAULT_CHUNK_ROWS",
     "DEFAULT_MEMORY_BUDGET",
 ]

@@ -170,7 +170,8 @@ def test_index_and_record_layout(bf16_cache):
     rec = index[0]
     blob = (bf16_cache / fmt.SHARDS / fmt.shard_name(int(rec["shard"]))).read_bytes()
     blob = blob[int(rec["offset"]) : int(rec["offset"]) + int(rec["length"])]
-    ids, mask, aux, final = fmt.unpack_record(blob, int(rec["seq_len"]))
+    ids, mask, aux, final, summary = fmt.unpack_record(blob, int(rec["seq_len"]))
+    assert summary is None  # a cache written without the target summary (format 1)
     t = int(rec["seq_len"])
     assert len(aux) == t * len(LAYER_IDS) * HIDDEN * 2 and len(final) == t * HIDDEN * 2  # raw bf16
     assert len(blob) == fmt.RECORD_HEADER.size + t * fmt.TOKEN_BYTES + len(aux) + len(final)

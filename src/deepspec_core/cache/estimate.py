@@ -33,7 +33,7 @@ KNOWN_TARGETS = {
 
 def bytes_per_token(hidden_size: int, num_layers: int, codec: str) -> float:
     c = get_codec(codec)
-    return fmt.TOKEN_BYTES + hidden_size * (num_layers * c.aux_bytes_per_value + c.final_bytes_per_value)
+    return fmt.TOKEN_BYTES + fmt.SUMMARY_BYTES + hidden_size * (num_layers * c.aux_bytes_per_value + c.final_bytes_per_value)
 
 
 def estimate_bytes(hidden_size: int, num_layers: int, num_tokens: float, codec: str) -> int:

@@ -9,7 +9,11 @@
 ```
 
 A sample record is ``<II`` (aux bytes, final bytes), then ``input_ids`` as int32 (T·4 bytes),
-``loss_mask`` as uint8 (T bytes), then the codec's aux and final payloads. An index record is
+``loss_mask`` as uint8 (T bytes), then the codec's aux and final payloads; in version 2 (a cache
+whose manifest has ``target_summary``) then the target's summary of each position: the logsumexp
+of its full-vocabulary logits as float32 (T·4 bytes) and their argmax as int32 (T·4 bytes), so a
+draft with a reduced vocabulary never needs the full-vocabulary product in training. Version 1
+caches (no summary) are still read. An index record is
 (shard, offset, length, seq_len, crc32 of the record), so a reader needs one ``pread`` per sample
 and can detect a corrupt record without hashing the whole shard.
 """
@@ -28,7 +32,8 @@ import torch
 from deepspec_core.errors import CacheError
 
 FORMAT_NAME = "deepspec-feature-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written when the records carry the target summary; 1 otherwise
+READABLE_VERSIONS = (1, 2)
 
 MANIFEST = "manifest.json"
 INDEX = "index.bin"
@@ -42,8 +47,9 @@ INDEX_DTYPE = np.dtype(
 )
 RECORD_HEADER = struct.Struct("<II")  # aux payload bytes, final payload bytes
 
-# Per token beyond the features: int32 id + uint8 loss mask.
+# Per token beyond the features: int32 id + uint8 loss mask (+ SUMMARY_BYTES in version 2).
 TOKEN_BYTES = 5
+SUMMARY_BYTES = 8  # float32 logsumexp + int32 argmax of the target's logits
 
 
 def shard_name(j: int) -> str:
@@ -57,23 +63,41 @@ def shard_meta_name(j: int) -> str:
 # -- sample records ------------------------------------------------------------------------------
 
 
-def pack_record(input_ids: torch.Tensor, loss_mask: torch.Tensor, aux: bytes, final: bytes) -> bytes:
+def pack_record(
+    input_ids: torch.Tensor, loss_mask: torch.Tensor, aux: bytes, final: bytes,
+    summary: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> bytes:
+    """One sample's record; ``summary`` = the target's (logsumexp (T,), argmax (T,)) in version 2."""
     ids = input_ids.detach().to("cpu", torch.int32).numpy().astype("<i4", copy=False).tobytes()
     mask = loss_mask.detach().to("cpu", torch.uint8).numpy().tobytes()
-    return RECORD_HEADER.pack(len(aux), len(final)) + ids + mask + aux + final
+    tail = b""
+    if summary is not None:
+        lse, top = summary
+        tail = (lse.detach().to("cpu", torch.float32).numpy().astype("<f4", copy=False).tobytes()
+                + top.detach().to("cpu", torch.int32).numpy().astype("<i4", copy=False).tobytes())
+    return RECORD_HEADER.pack(len(aux), len(final)) + ids + mask + aux + final + tail
 
 
-def unpack_record(blob: bytes, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, bytes, bytes]:
-    """→ input_ids (T,) int64, loss_mask (T,) bool, aux payload, final payload."""
+def unpack_record(
+    blob: bytes, seq_len: int, summary: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, bytes, bytes, tuple[torch.Tensor, torch.Tensor] | None]:
+    """→ input_ids (T,) int64, loss_mask (T,) bool, aux payload, final payload, and with
+    ``summary`` (a version-2 cache) the target's logsumexp (T,) float32 and argmax (T,) int64."""
     n_aux, n_final = RECORD_HEADER.unpack_from(blob)
     o = RECORD_HEADER.size
     ids = torch.from_numpy(np.frombuffer(blob, "<i4", seq_len, o).astype(np.int64))
     o += 4 * seq_len
     mask = torch.from_numpy(np.frombuffer(blob, np.uint8, seq_len, o).astype(bool))
     o += seq_len
-    if o + n_aux + n_final != len(blob):
+    if o + n_aux + n_final + (SUMMARY_BYTES * seq_len if summary else 0) != len(blob):
         raise ValueError("record length does not match its header")
-    return ids, mask, blob[o : o + n_aux], blob[o + n_aux :]
+    aux, final = blob[o : o + n_aux], blob[o + n_aux : o + n_aux + n_final]
+    if not summary:
+        return ids, mask, aux, final, None
+    o += n_aux + n_final
+    lse = torch.from_numpy(np.frombuffer(blob, "<f4", seq_len, o).astype(np.float32))
+    top = torch.from_numpy(np.frombuffer(blob, "<i4", seq_len, o + 4 * seq_len).astype(np.int64))
+    return ids, mask, aux, final, (lse, top)
 
 
 def record_crc(blob: bytes) -> int:
@@ -83,8 +107,8 @@ def record_crc(blob: bytes) -> int:
 # -- index ---------------------------------------------------------------------------------------
 
 
-def index_bytes(records: np.ndarray) -> bytes:
-    return INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, INDEX_DTYPE.itemsize) + records.astype(INDEX_DTYPE).tobytes()
+def index_bytes(records: np.ndarray, version: int = FORMAT_VERSION) -> bytes:
+    return INDEX_HEADER.pack(INDEX_MAGIC, version, INDEX_DTYPE.itemsize) + records.astype(INDEX_DTYPE).tobytes()
 
 
 def read_index(path: Path) -> np.ndarray:
@@ -95,9 +119,13 @@ def read_index(path: Path) -> np.ndarray:
     body = len(data) - INDEX_HEADER.size
     if magic != INDEX_MAGIC or size != INDEX_DTYPE.itemsize or body % size:
         raise CacheError(f"{path} is not a deepspec cache index (or is corrupt)", "rebuild the cache")
-    if version != FORMAT_VERSION:
-        raise CacheError(f"{path} has format version {version}; this deepspec reads {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise CacheError(f"{path} has format version {version}; this deepspec reads {_readable()}")
     return np.frombuffer(data, INDEX_DTYPE, offset=INDEX_HEADER.size)
+
+
+def _readable() -> str:
+    return " and ".join(map(str, READABLE_VERSIONS))
 
 
 # -- manifest ------------------------------------------------------------------------------------
@@ -118,9 +146,9 @@ def read_manifest(cache_dir: Path) -> dict[str, Any]:
         raise CacheError(f"{path} is not valid JSON: {err}", "rebuild the cache") from err
     if manifest.get("format") != FORMAT_NAME:
         raise CacheError(f"{path} is not a deepspec feature cache manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise CacheError(
-            f"{path} has cache format version {manifest.get('format_version')}; this deepspec reads {FORMAT_VERSION}",
+            f"{path} has cache format version {manifest.get('format_version')}; this deepspec reads {_readable()}",
             "rebuild the cache with this version of deepspec",
         )
     return manifest

@@ -7,7 +7,9 @@ shard, without hashing whole shards on every open; :meth:`FeatureCache.verify` c
 shard's sha256 against the manifest.
 
 Samples (docs/cache.md): ``input_ids`` (T,) int64, ``loss_mask`` (T,) bool, ``aux_hidden`` (T, K, H)
-bf16, ``final_hidden`` (T, H) bf16 — bf16 for every codec (lossy codecs decode to bf16).
+bf16, ``final_hidden`` (T, H) bf16 — bf16 for every codec (lossy codecs decode to bf16) — and, from
+a version-2 cache while :attr:`FeatureCache.use_summary` is set, ``target_lse`` (T,) fp32 and
+``target_top`` (T,) int64: the target's full-vocabulary logsumexp and argmax at each position.
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ class FeatureCache(Dataset):
                 f"feature cache {self.dir} is stale: " + "; ".join(stale),
                 "rebuild it (`deepspec data cache SPEC`), or pass --allow-stale-cache to train on it anyway",
             )
+        # The head the summary was computed with ({"dtype", "softcap"}), None in a version-1 cache.
+        self.target_summary: dict[str, Any] | None = self.manifest.get("target_summary")
+        self.use_summary = self.target_summary is not None
         self._pid: int | None = None
         self._fds: dict[int, int] = {}
         if verify:
@@ -157,9 +162,13 @@ class FeatureCache(Dataset):
             raise IndexError(i)
         i = i % len(self)
         seq_len = int(self.index[i]["seq_len"])
-        ids, mask, aux, final = fmt.unpack_record(self.read_record(i), seq_len)
+        ids, mask, aux, final, summary = fmt.unpack_record(
+            self.read_record(i), seq_len, summary=self.target_summary is not None)
         aux_t, final_t = self.codec.decode_features(aux, final, seq_len, self.num_layers, self.hidden_size)
-        return {"input_ids": ids, "loss_mask": mask, "aux_hidden": aux_t, "final_hidden": final_t}
+        sample = {"input_ids": ids, "loss_mask": mask, "aux_hidden": aux_t, "final_hidden": final_t}
+        if summary is not None and self.use_summary:
+            sample["target_lse"], sample["target_top"] = summary
+        return sample
 
     # -- integrity -------------------------------------------------------------------------------
     def verify(self, on_shard: Callable[[str, int], None] | None = None) -> None:

@@ -57,9 +57,16 @@ class CacheConfig:
     shard_tokens: int
     loss_mask_version: int = LOSS_MASK_VERSION  # how input ids and loss masks were made (data.tokenize)
     drop_truncated: bool = False  # conversations with an answer cut by max_tokens left out
+    # The head the per-position target summary is computed with ({"dtype", "softcap"}); None: no
+    # summary, a version-1 cache (what a resumed version-1 cache keeps writing).
+    target_summary: dict[str, Any] | None = None
 
     def plan_dict(self) -> dict[str, Any]:
-        return {"format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION, **asdict(self)}
+        version = fmt.FORMAT_VERSION if self.target_summary is not None else 1
+        plan = {"format": fmt.FORMAT_NAME, "format_version": version, **asdict(self)}
+        if self.target_summary is None:
+            del plan["target_summary"]  # a version-1 plan, as version-1 writers recorded it
+        return plan
 
 
 @dataclass
@@ -110,7 +117,7 @@ class _Tally:
 
 def shard_tokens_for(shard_size_mb: int, codec: Codec, num_layers: int, hidden: int) -> int:
     """Tokens per shard so that a shard is about ``shard_size_mb`` under the codec's estimate."""
-    per_token = fmt.TOKEN_BYTES + hidden * (num_layers * codec.aux_bytes_per_value + codec.final_bytes_per_value)
+    per_token = fmt.TOKEN_BYTES + fmt.SUMMARY_BYTES + hidden * (num_layers * codec.aux_bytes_per_value + codec.final_bytes_per_value)
     return max(1, int(shard_size_mb * 1e6 / per_token))
 
 
@@ -200,7 +207,8 @@ def _shard_done(out_dir: Path, j: int, span: ShardSpan) -> bool:
 
 def _encode(codec: Codec, sample: dict[str, torch.Tensor]) -> bytes:
     aux, final = codec.encode_features(sample["aux_hidden"], sample["final_hidden"])
-    return fmt.pack_record(sample["input_ids"], sample["loss_mask"], aux, final)
+    summary = (sample["target_lse"], sample["target_top"]) if "target_lse" in sample else None
+    return fmt.pack_record(sample["input_ids"], sample["loss_mask"], aux, final, summary)
 
 
 def write_shard(
@@ -212,8 +220,10 @@ def write_shard(
     batch_size: int,
     pool: ThreadPoolExecutor,
     tally: _Tally,
+    with_summary: bool = False,
 ) -> dict[str, Any]:
-    """Forward, encode and write shard ``j`` (records in sample order); return its metadata."""
+    """Forward, encode and write shard ``j`` (records in sample order); return its metadata.
+    ``with_summary``: the plan's records carry the target summary (format 2)."""
     shard_dir = out_dir / fmt.SHARDS
     for stale in shard_dir.glob(f".{fmt.shard_name(j)}.*.tmp"):
         stale.unlink()  # left by a killed run; atomic_path cleans up only on exceptions
@@ -223,6 +233,9 @@ def write_shard(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         feats = features_fn([samples[i] for i in idx])
+        if any(("target_lse" in f) != with_summary for f in feats):  # the reader trusts the manifest
+            raise ValueError(f"features_fn must {'' if with_summary else 'not '}return target_lse / target_top "
+                             "for this cache's plan")
         for i, feat in zip(idx, feats, strict=True):
             futures[i] = pool.submit(_encode, codec, feat)
         tally.forwarded(len(idx), sum(int(samples[i]["input_ids"].shape[0]) for i in idx))
@@ -321,7 +334,8 @@ def write_cache(
     ):
         tally = _Tally(stage)
         for j in todo:
-            write_shard(out_dir, j, plan.kept.pop(j), codec, features_fn, batch_size, pool, tally)
+            write_shard(out_dir, j, plan.kept.pop(j), codec, features_fn, batch_size, pool, tally,
+                        with_summary=config.target_summary is not None)
     plan.kept.clear()
     if rank != 0 or not finalize:
         _barrier(world_size)
@@ -365,7 +379,7 @@ def finalize_cache(
     rows = [(j, *r) for j, m in enumerate(metas) for r in m["records"]]
     index = np.array([tuple(r[:5]) for r in rows], dtype=fmt.INDEX_DTYPE) if rows else np.zeros(0, fmt.INDEX_DTYPE)
     with atomic_path(out_dir / fmt.INDEX) as tmp:
-        tmp.write_bytes(fmt.index_bytes(index))
+        tmp.write_bytes(fmt.index_bytes(index, config.plan_dict()["format_version"]))
     tokens = sum(m["tokens"] for m in metas)
     if (len(index), tokens) != (plan.samples, plan.tokens):
         raise CacheError(f"shards of {out_dir} disagree with the plan", "delete the directory and rebuild")
@@ -420,6 +434,13 @@ def build_cache(
     progress.log("loading target…")
     target = hf.load_target_from_spec(spec.target, device=device)
     hidden = int(hf.text_config(target.config).hidden_size)
+    out_dir = Path(out_dir or spec.cache_dir())
+    head = target.model.get_output_embeddings().weight
+    softcap = getattr(hf.text_config(target.config), "final_logit_softcapping", None)
+    summary = {"dtype": str(head.dtype).removeprefix("torch."), "softcap": softcap}
+    if _started_as_version_1(out_dir):
+        summary = None
+        progress.log(f"{out_dir} was started by an earlier deepspec (cache format 1): resuming it without the target summary")
     config = CacheConfig(
         target={
             "model": spec.target.model,
@@ -438,6 +459,7 @@ def build_cache(
         drop_truncated=spec.data.drop_truncated,
         sources=sources,
         shard_tokens=shard_tokens_for(spec.cache.shard_size_mb, codec_obj, len(spec.target.layer_ids), hidden),
+        target_summary=summary,
     )
     stats = TokenizeStats()
     samples = iter_token_samples(
@@ -447,10 +469,44 @@ def build_cache(
     pad = target.tokenizer.pad_token_id or 0
 
     def features_fn(batch: list[Sample]) -> list[dict[str, torch.Tensor]]:
-        return compute_features(target.model, batch, config.layer_ids, pad_id=pad)
+        feats = compute_features(target.model, batch, config.layer_ids, pad_id=pad)
+        if summary is not None:
+            add_target_summary(feats, codec_obj, head, softcap)
+        return feats
 
     return write_cache(
-        out_dir or spec.cache_dir(), config, samples, features_fn,
+        out_dir, config, samples, features_fn,
         batch_size=batch_size or spec.cache.batch_size, skipped=stats.skipped,
         rank=rank, world_size=world, progress=progress,
     )
+
+
+def _started_as_version_1(out_dir: Path) -> bool:
+    """A partial or complete cache whose plan a version-1 writer recorded."""
+    path = out_dir / fmt.PLAN
+    try:
+        return path.is_file() and json.loads(path.read_text()).get("format_version") == 1
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def add_target_summary(
+    feats: list[dict[str, torch.Tensor]], codec: Codec, head: torch.Tensor, softcap: float | None
+) -> None:
+    """Add ``target_lse`` (T,) fp32 and ``target_top`` (T,) int64 to each sample dict: the target's
+    full-vocabulary logsumexp and argmax (:func:`deepspec_core.losses.target_summary`) at the final
+    hidden state *as the cache will decode it* (a lossy final codec is applied first), so training
+    gets the same numbers it would compute from the stored features. One batched product on the
+    head's device."""
+    from deepspec_core.losses import target_summary
+
+    finals = []
+    for f in feats:
+        final = f["final_hidden"]
+        if not codec.final.lossless:
+            final = codec.final.decode(codec.final.encode(final), *final.shape)
+        finals.append(final)
+    lse, top = target_summary(torch.cat(finals).to(head.device), head, softcap)
+    for f, part_lse, part_top in zip(feats, lse.cpu().split([len(x) for x in finals]),
+                                     top.cpu().split([len(x) for x in finals]), strict=True):
+        f["target_lse"], f["target_top"] = part_lse, part_top

@@ -56,12 +56,26 @@ class DraftBatch:
     loss_mask: torch.Tensor  # (B, T) bool, token t is a supervised target
     aux_hidden: torch.Tensor  # (B, T, K, H)
     final_hidden: torch.Tensor  # (B, T, H) after the target's final norm
+    # The target's full-vocabulary logsumexp (B, T) fp32 and argmax (B, T) int64 at each position,
+    # when the feature cache stores them (format 2, docs/cache.md); None → computed from final_hidden.
+    target_lse: torch.Tensor | None = None
+    target_top: torch.Tensor | None = None
+
+    def _map(self, fn) -> DraftBatch:
+        return DraftBatch(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+                             for f in fields(self)})
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> DraftBatch:
-        return DraftBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+        return self._map(lambda x: x.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> DraftBatch:
-        return DraftBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+        return self._map(lambda x: x.pin_memory())
+
+    def summary_rows(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The target summary at flat positions ``flat`` (N,) into B·T, or None where the batch has none."""
+        if self.target_lse is None or self.target_top is None:
+            return None
+        return self.target_lse.reshape(-1)[flat], self.target_top.reshape(-1)[flat]
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -69,8 +83,9 @@ class DraftBatch:
 
 
 def collate_samples(samples: list[dict[str, torch.Tensor]]) -> DraftBatch:
-    """Stack samples (dicts of input_ids (T,), loss_mask (T,), aux_hidden (T,K,H), final_hidden (T,H)),
-    right-padding to the longest; padding has loss_mask False and attention_mask 0."""
+    """Stack samples (dicts of input_ids (T,), loss_mask (T,), aux_hidden (T,K,H), final_hidden (T,H),
+    optionally target_lse / target_top (T,)), right-padding to the longest; padding has loss_mask
+    False and attention_mask 0. The target summary is kept only when every sample has it."""
     if not samples:
         raise ValueError("collate_samples needs at least one sample")
     b, t = len(samples), max(int(s["input_ids"].shape[0]) for s in samples)
@@ -81,6 +96,9 @@ def collate_samples(samples: list[dict[str, torch.Tensor]]) -> DraftBatch:
     lm = torch.zeros(b, t, dtype=torch.bool)
     aux = torch.zeros(b, t, k, h, dtype=first["aux_hidden"].dtype)
     fin = torch.zeros(b, t, h, dtype=first["final_hidden"].dtype)
+    summary = all("target_lse" in s for s in samples)  # all or nothing: one cache feeds a batch
+    lse = torch.zeros(b, t, dtype=torch.float32) if summary else None
+    top = torch.zeros(b, t, dtype=torch.long) if summary else None
     for i, s in enumerate(samples):
         n = int(s["input_ids"].shape[0])
         ids[i, :n] = s["input_ids"]
@@ -88,7 +106,10 @@ def collate_samples(samples: list[dict[str, torch.Tensor]]) -> DraftBatch:
         lm[i, :n] = s["loss_mask"].bool()
         aux[i, :n] = s["aux_hidden"]
         fin[i, :n] = s["final_hidden"]
-    return DraftBatch(input_ids=ids, attention_mask=am, loss_mask=lm, aux_hidden=aux, final_hidden=fin)
+        if lse is not None and top is not None:
+            lse[i, :n], top[i, :n] = s["target_lse"], s["target_top"]
+    return DraftBatch(input_ids=ids, attention_mask=am, loss_mask=lm, aux_hidden=aux, final_hidden=fin,
+                      target_lse=lse, target_top=top)
 
 
 @dataclass

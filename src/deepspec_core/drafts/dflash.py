@@ -157,11 +157,12 @@ class DFlashDraft(DraftModel):
         sup = lm.gather(1, safe).view_as(label_pos)
         valid = torch.cumprod((in_range & sup & keep[..., None]).long(), -1).bool()
         labels = ids.gather(1, safe).view_as(label_pos)
-        target_h = batch.final_hidden.gather(
-            1, (label_pos - 1).clamp(max=t - 1).reshape(b, -1, 1).expand(-1, -1, self.hidden_size)
-        ).view(*label_pos.shape, self.hidden_size)
+        src = (label_pos - 1).clamp(max=t - 1).reshape(b, -1)  # (B, N·γ): the target's view of x_{a+k}
+        target_h = batch.final_hidden.gather(1, src[..., None].expand(-1, -1, self.hidden_size))
+        target_h = target_h.view(*label_pos.shape, self.hidden_size)
+        summary = batch.summary_rows((torch.arange(b, device=ids.device)[:, None] * t + src).reshape(-1))
         prev = torch.cat([ids.gather(1, anchors)[..., None], labels[..., :-1]], dim=-1)  # x_{a+k−1}
-        return self.block_loss(hidden, labels, prev, target_h, valid)
+        return self.block_loss(hidden, labels, prev, target_h, valid, summary)
 
     @torch.no_grad()
     def block_logits(self, batch: DraftBatch, anchors: torch.Tensor) -> torch.Tensor:
@@ -182,8 +183,9 @@ class DFlashDraft(DraftModel):
     def row_logits(self, h: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         return self.vocab_logits(h)
 
-    def vocab_rows(self, hidden, labels, prev, target_h, valid, want, grad_terms):
-        """Vocabulary terms of the supervised predictions only, scattered back to (B·N, γ)."""
+    def vocab_rows(self, hidden, labels, prev, target_h, valid, want, grad_terms, summary=None):
+        """Vocabulary terms of the supervised predictions only, scattered back to (B·N, γ).
+        ``summary``: the target's (logsumexp, argmax) per prediction (B·N·γ,), when the cache has them."""
         rows = valid.reshape(-1).nonzero().squeeze(-1)
         inputs = tuple(x.reshape(valid.numel(), -1)[rows] for x in self.row_inputs(hidden, prev))
         terms = losses.vocab_terms(
@@ -191,6 +193,7 @@ class DFlashDraft(DraftModel):
             labels=self.to_draft_labels(labels.reshape(-1)[rows]), want=want, grad_terms=grad_terms,
             draft_ids=self.draft_ids, softcap=self.softcap, fused=self.fused_losses,
             memory_budget=self.loss_memory_budget,
+            summary=None if summary is None else (summary[0][rows], summary[1][rows]),
         )
         shape = (valid.shape[0] * valid.shape[1], valid.shape[2])
         full = {}
@@ -206,8 +209,8 @@ class DFlashDraft(DraftModel):
         w = losses.position_weights(self.block_size, self.spec.loss_decay, valid.device) * v
         return v, w, w * self.in_draft_vocab(labels).reshape_as(w)
 
-    def block_loss(self, hidden, labels, prev, target_h, valid) -> DraftLoss:
-        terms = self.vocab_rows(hidden, labels, prev, target_h, valid, ("ce", "tv", "correct"), ("ce",))
+    def block_loss(self, hidden, labels, prev, target_h, valid, summary=None) -> DraftLoss:
+        terms = self.vocab_rows(hidden, labels, prev, target_h, valid, ("ce", "tv", "correct"), ("ce",), summary)
         v, w, w_ce = self.slot_weights(valid, labels)
         loss = losses.weighted_mean(terms["ce"], w_ce)
         metrics = block_metrics(terms["correct"], 1.0 - terms["tv"].detach(), v)

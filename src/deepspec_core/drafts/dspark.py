@@ -73,10 +73,10 @@ class DSparkDraft(DFlashDraft):
         return self.confidence(hidden, emb)
 
     # -- training -------------------------------------------------------------------------------
-    def block_loss(self, hidden, labels, prev, target_h, valid) -> DraftLoss:
+    def block_loss(self, hidden, labels, prev, target_h, valid, summary=None) -> DraftLoss:
         s = self.spec
         grad_terms = ("ce", "tv") if s.tv_weight > 0 else ("ce",)
-        terms = self.vocab_rows(hidden, labels, prev, target_h, valid, ("ce", "tv", "correct"), grad_terms)
+        terms = self.vocab_rows(hidden, labels, prev, target_h, valid, ("ce", "tv", "correct"), grad_terms, summary)
         v, w, w_ce = self.slot_weights(valid, labels)
         ce = losses.weighted_mean(terms["ce"], w_ce)
         l1 = losses.weighted_mean(2.0 * terms["tv"], w)

@@ -166,7 +166,8 @@ class Eagle3Draft(DraftModel):
             # Every TTT step compares against the same target distributions, shifted: compute their
             # view once per batch instead of a full-vocabulary matmul per step (a reduced view is
             # small; a full one when it fits the budget — else each step recomputes its rows).
-            view = losses.target_view(final, self.target_head.weight, self.softcap, self.draft_ids)
+            view = losses.target_view(final, self.target_head.weight, self.softcap, self.draft_ids,
+                                      batch.summary_rows(torch.arange(b * t, device=dev)))
         for i, out in self._ttt(batch):
             rows = counted[:, :, i].reshape(-1).nonzero().squeeze(-1)  # only supervised rows cost vocab work
             src = (torch.arange(b, device=dev)[:, None] * t + (pos + 1 + i).clamp(max=t - 1)).reshape(-1)[rows]

@@ -181,7 +181,8 @@ class TrainParts:
             return torch.as_tensor(s["input_ids"]), torch.as_tensor(s["loss_mask"]).bool()
         from deepspec_core.cache.format import unpack_record
 
-        ids, mask, _, _ = unpack_record(self.dataset.read_record(i), int(self.dataset.index[i]["seq_len"]))
+        ids, mask, *_ = unpack_record(self.dataset.read_record(i), int(self.dataset.index[i]["seq_len"]),
+                                      summary=self.dataset.target_summary is not None)
         return ids, mask
 
 
@@ -268,6 +269,8 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
     where = f"from data.eval ({heldout} there)" if heldout else "held out from the training data"
     say(f"features: {source}; {num_train} training samples, {num_val} validation samples {where}")
     draft = parts.draft
+    if not spec.cache.online:
+        use_target_summary(dataset, draft, say)
     draft.fused_losses = use_fused_losses(spec.train.fused_losses, device)
     draft.loss_memory_budget = spec.train.loss_memory_mb << 20
     draft.use_attention(attention_backend(spec.train.attention, device))
@@ -281,6 +284,26 @@ def build_parts(spec: RunSpec, device: torch.device, say: Callable[[str], None])
         if p.requires_grad:
             p.data = p.data.float()
     return TrainParts(draft, dataset, num_train, num_val, spec.cache.online, parts.target_path, heldout)
+
+
+def use_target_summary(cache: Any, draft: Any, say: Callable[[str], None]) -> None:
+    """Read the cache's target summary (logsumexp and argmax per position) only where it is what
+    this draft's head would compute: the same head dtype and softcap. It matters only with a
+    reduced draft vocabulary, where it saves the full-vocabulary target product of every step."""
+    stored = cache.target_summary
+    if draft.draft_ids is None:
+        cache.use_summary = False  # a full-vocabulary loss needs the target's full logits anyway
+        return
+    head = {"dtype": str(draft.target_head.weight.dtype).removeprefix("torch."), "softcap": draft.softcap}
+    if stored is None:
+        say("note: the feature cache has no target summary (format 1), so every step computes the "
+            "target's full-vocabulary logits; rebuild it with `deepspec data cache` to skip them")
+    elif stored != head:
+        cache.use_summary = False
+        say(f"note: the cache's target summary was computed with a {stored} head, this run's is {head}: "
+            "computing the target's full-vocabulary logits every step instead")
+    else:
+        cache.use_summary = True
 
 
 def attention_backend(setting: str, device: torch.device) -> str:
