@@ -46,7 +46,7 @@ def _print_estimate(est) -> None:
         t.add_row(r.codec, f"{r.bytes_per_token:,.0f}", _size(r.total_bytes), f"{r.ratio_vs_raw_bf16:.2f}",
                   f"{r.shards:,}", "yes" if r.lossless else "no")
     console.print(t)
-    console.print("[dim]bytes/token = 5 + H·(K·aux + final) bytes per value; per-codec values measured by "
+    console.print("[dim]bytes/token = 5 + 8 + H·(K·aux + final) bytes per value (8: the target summary); per-codec values measured by "
                   "benchmarks/cache_codecs.py (docs/cache.md)[/]")
 
 

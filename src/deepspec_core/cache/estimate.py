@@ -3,7 +3,7 @@
 The arithmetic (docs/cache.md): per token a cache stores its id and loss mask (5 bytes) plus
 K captured layers and the final hidden state, H values each:
 
-    bytes/token = 5 + H · (K · aux_bytes_per_value + final_bytes_per_value)
+    bytes/token = 5 + 8 + H · (K · aux_bytes_per_value + final_bytes_per_value)   (8: the target summary)
 
 with bytes per value 2.0 for raw bf16 and, for compressed codecs, the value measured by
 ``benchmarks/cache_codecs.py`` (stored on each codec in ``codecs.py``). The reference layout

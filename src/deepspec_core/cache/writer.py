@@ -413,8 +413,10 @@ def build_cache(
     codec: str | None = None,
     batch_size: int | None = None,
     progress: Progress | None = None,
+    target_summary: bool = True,
 ) -> dict[str, Any] | None:
-    """``deepspec data cache``: the whole pipeline for ``spec`` on this rank."""
+    """``deepspec data cache``: the whole pipeline for ``spec`` on this rank. ``target_summary=False``
+    writes format 1 (no per-position logsumexp / argmax), what an earlier deepspec wrote."""
     from deepspec_core.cache.online import compute_features, iter_token_samples
     from deepspec_core.data.tokenize import TokenizeStats
     from deepspec_core.targets import hf
@@ -437,8 +439,8 @@ def build_cache(
     out_dir = Path(out_dir or spec.cache_dir())
     head = target.model.get_output_embeddings().weight
     softcap = getattr(hf.text_config(target.config), "final_logit_softcapping", None)
-    summary = {"dtype": str(head.dtype).removeprefix("torch."), "softcap": softcap}
-    if _started_as_version_1(out_dir):
+    summary = {"dtype": str(head.dtype).removeprefix("torch."), "softcap": softcap} if target_summary else None
+    if summary is not None and _started_as_version_1(out_dir):
         summary = None
         progress.log(f"{out_dir} was started by an earlier deepspec (cache format 1): resuming it without the target summary")
     config = CacheConfig(
