@@ -87,3 +87,14 @@ def test_every_protocol_field_but_the_informational_ones_must_match_to_compare()
         assert must in fields
     for free in ("draft", "algorithm", "seed", "deepspec_version", "device", "draft_params", "benchmarks"):
         assert free not in fields
+
+
+def test_round_cost_leaves_the_prefills_out_of_rounds_and_steps():
+    """65 tokens of one prompt: target-only 6.5 s of which 0.1 s prefill (the first token) → 64 steps of
+    0.1 s; speculative 4.1 s of which 0.1 s prefill in 25 rounds → 0.16 s a round = 1.6 steps. Without
+    the prefill timings both stay in, as before: (4.1 / 25) · (65 / 6.5) = 1.64."""
+    sp = mt.make_speed(65, 6.5, 4.1, rounds=25, turns=1, spec_prefill_seconds=0.1, target_prefill_seconds=0.1)
+    assert sp.round_cost == pytest.approx(1.6)
+    assert sp.speedup == pytest.approx(6.5 / 4.1)  # end to end, prefills included
+    assert mt.make_speed(65, 6.5, 4.1, rounds=25).round_cost == pytest.approx(1.64)
+    assert mt.make_speed(65, 6.5, 4.1).round_cost is None

@@ -90,9 +90,13 @@ def test_evaluate_writes_valid_results_and_auditable_outputs(tmp_path, tiny_targ
         assert len(b.prompt_rounds) == 2 and [sum(c for c, _ in b.prompt_rounds), sum(r for _, r in b.prompt_rounds)] \
             == [round(b.tau * b.rounds), b.rounds]
         assert b.tau_ci95[0] - 1e-9 <= b.tau <= b.tau_ci95[1] + 1e-9
-        # a round's cost in target steps: (tokens per round) / speedup, every round having been timed
-        assert b.speed.rounds == b.rounds
-        assert b.speed.round_cost == pytest.approx(b.speed.tokens / b.rounds / b.speed.speedup)
+        # a round's cost in target steps, every round timed and each path's prefills (one per turn,
+        # timed apart) left out: seconds per round over seconds per target-only step
+        sp = b.speed
+        assert sp.rounds == b.rounds and sp.turns == b.turns == 2
+        assert 0 < sp.spec_prefill_seconds < sp.spec_seconds and 0 < sp.target_prefill_seconds < sp.target_seconds
+        step = (sp.target_seconds - sp.target_prefill_seconds) / (sp.tokens - sp.turns)
+        assert sp.round_cost == pytest.approx((sp.spec_seconds - sp.spec_prefill_seconds) / sp.rounds / step)
         assert json.loads((out / f"{name}.json").read_text())["tau"] == b.tau
     assert r.macro.speedup == pytest.approx(sum(b.speed.speedup for b in r.benchmarks.values()) / 2)
     assert r.macro.tau_ci95[0] - 1e-9 <= r.macro.tau <= r.macro.tau_ci95[1] + 1e-9

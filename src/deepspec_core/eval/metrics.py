@@ -117,10 +117,15 @@ class Speed(_Model):
     target_seconds: float = Field(ge=0)
     spec_seconds: float = Field(ge=0)
     rounds: int | None = Field(None, ge=1, description="verification rounds of the timed speculative decoding")
+    turns: int | None = Field(None, ge=1, description="prompts (turns) decoded: each one's first token comes from its prefill")
+    spec_prefill_seconds: float | None = Field(
+        None, ge=0, description="the speculative path's prefills alone (prompt forward, first token, draft start), timed apart")
+    target_prefill_seconds: float | None = Field(
+        None, ge=0, description="the target-only path's prefills alone (prompt forward, first token), timed apart")
     round_cost: float | None = Field(
         None, gt=0,
-        description="seconds per round / seconds per target-only token: what one round (k drafts + one "
-        "verification) costs in target steps; speedup = (tokens / rounds) / round_cost ≈ τ / round_cost",
+        description="seconds per round / seconds per target-only decoding step, prefills left out of both: what "
+        "one round (k drafts + one verification) costs in target steps; a draft pays where τ exceeds it",
     )
 
 
@@ -350,10 +355,25 @@ def macro_average(results: dict[str, BenchmarkResult]) -> MacroResult:
     )
 
 
-def make_speed(tokens: int, target_seconds: float, spec_seconds: float, rounds: int | None = None) -> Speed:
-    """Speed of ``tokens`` decoded both ways; with ``rounds`` also the cost of a round in target steps."""
+def make_speed(
+    tokens: int, target_seconds: float, spec_seconds: float, rounds: int | None = None,
+    turns: int | None = None, spec_prefill_seconds: float = 0.0, target_prefill_seconds: float = 0.0,
+) -> Speed:
+    """Speed of ``tokens`` decoded both ways (end to end, prefills included: what a user waits).
+
+    With ``rounds`` also the cost of a round in target steps: (spec − spec prefills) / rounds over
+    (target − target prefills) / (tokens − turns), since each turn's first token comes from its
+    prefill in both paths and every later target-only token costs one step. Without the prefill
+    timings (``turns`` None) the prefills stay inside both times, which overstates the cost.
+    """
     t_rate = tokens / max(target_seconds, 1e-9)
     s_rate = tokens / max(spec_seconds, 1e-9)
+    cost = None
+    if rounds:
+        steps = tokens - (turns or 0)
+        step_s = (target_seconds - target_prefill_seconds) / steps if turns and steps > 0 else 1.0 / t_rate
+        round_s = (spec_seconds - (spec_prefill_seconds if turns else 0.0)) / rounds
+        cost = round_s / step_s if round_s > 0 and step_s > 0 else None
     return Speed(
         target_tokens_per_s=t_rate,
         spec_tokens_per_s=s_rate,
@@ -362,5 +382,8 @@ def make_speed(tokens: int, target_seconds: float, spec_seconds: float, rounds: 
         target_seconds=target_seconds,
         spec_seconds=spec_seconds,
         rounds=rounds or None,
-        round_cost=(spec_seconds / rounds) * t_rate if rounds else None,
+        turns=turns or None,
+        spec_prefill_seconds=spec_prefill_seconds if turns else None,
+        target_prefill_seconds=target_prefill_seconds if turns else None,
+        round_cost=cost,
     )

@@ -88,6 +88,9 @@ class BenchmarkRun:
     target_seconds: float = 0.0
     timed_tokens: int = 0
     timed_rounds: int = 0
+    timed_turns: int = 0
+    spec_prefill_seconds: float = 0.0  # prompt forward + first token (+ draft start), timed apart
+    target_prefill_seconds: float = 0.0
     prompt_rounds: list[tuple[int, int, int]] = field(default_factory=list)  # (sample, committed, rounds)
     outputs: list[dict[str, Any]] = field(default_factory=list)
 
@@ -149,10 +152,18 @@ def run_benchmark(
                 _, base = clock.time(
                     target_generate, model, ids, len(res.tokens), s.temperature, gen(s.seed + i)
                 )
+                # Each path's prefill alone (max_new_tokens = 1 stops after the first token): no
+                # round's work, so --speed leaves it out of the round cost (make_speed).
+                _, spec_pre = clock.time(speculative_generate, model, draft, ids, s.num_draft_tokens, 1,
+                                         s.temperature, gen(s.seed + i), eos, draft_length=s.draft_length)
+                _, base_pre = clock.time(target_generate, model, ids, 1, s.temperature, gen(s.seed + i))
                 out.spec_seconds += secs
                 out.target_seconds += base
                 out.timed_tokens += len(res.tokens)
                 out.timed_rounds += res.rounds
+                out.timed_turns += 1
+                out.spec_prefill_seconds += spec_pre
+                out.target_prefill_seconds += base_pre
             text = tok.decode(res.tokens, skip_special_tokens=True)
             messages.append({"role": "assistant", "content": text})
             if s.save_outputs:
@@ -307,7 +318,8 @@ def evaluate(
         if env.distributed:
             run = _gather(run)
         speed_ = (
-            mt.make_speed(run.timed_tokens, run.target_seconds, run.spec_seconds, run.timed_rounds)
+            mt.make_speed(run.timed_tokens, run.target_seconds, run.spec_seconds, run.timed_rounds,
+                          run.timed_turns, run.spec_prefill_seconds, run.target_prefill_seconds)
             if speed and run.timed_tokens
             else None
         )
@@ -357,6 +369,9 @@ def _gather(run: BenchmarkRun) -> BenchmarkRun:
         merged.target_seconds += r.target_seconds
         merged.timed_tokens += r.timed_tokens
         merged.timed_rounds += r.timed_rounds
+        merged.timed_turns += r.timed_turns
+        merged.spec_prefill_seconds += r.spec_prefill_seconds
+        merged.target_prefill_seconds += r.target_prefill_seconds
         merged.prompt_rounds += r.prompt_rounds
         merged.outputs += r.outputs
     merged.outputs.sort(key=lambda o: (o["sample"], o["turn"]))

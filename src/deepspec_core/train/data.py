@@ -296,8 +296,9 @@ def use_target_summary(cache: Any, draft: Any, say: Callable[[str], None]) -> No
         return
     head = {"dtype": str(draft.target_head.weight.dtype).removeprefix("torch."), "softcap": draft.softcap}
     if stored is None:
-        say("note: the feature cache has no target summary (format 1), so every step computes the "
-            "target's full-vocabulary logits; rebuild it with `deepspec data cache` to skip them")
+        say(f"note: the feature cache {cache.dir} has no target summary (format 1), so every step computes "
+            "the target's full-vocabulary logits; to skip them, build a new cache into an empty directory "
+            "(`deepspec data cache SPEC --out DIR`) and set cache.path to it")
     elif stored != head:
         cache.use_summary = False
         say(f"note: the cache's target summary was computed with a {stored} head, this run's is {head}: "
