@@ -437,7 +437,7 @@ def build_cache(
     target = hf.load_target_from_spec(spec.target, device=device)
     hidden = int(hf.text_config(target.config).hidden_size)
     out_dir = Path(out_dir or spec.cache_dir())
-    head = target.model.get_output_embeddings().weight
+    head: torch.Tensor = target.model.get_output_embeddings().weight  # type: ignore[operator]
     softcap = getattr(hf.text_config(target.config), "final_logit_softcapping", None)
     summary = {"dtype": str(head.dtype).removeprefix("torch."), "softcap": softcap} if target_summary else None
     if summary is not None and _started_as_version_1(out_dir):

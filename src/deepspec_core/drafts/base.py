@@ -25,6 +25,7 @@ returns); ``commit`` extends it with exactly the tokens the target has read and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
@@ -61,9 +62,10 @@ class DraftBatch:
     target_lse: torch.Tensor | None = None
     target_top: torch.Tensor | None = None
 
-    def _map(self, fn) -> DraftBatch:
-        return DraftBatch(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
-                             for f in fields(self)})
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> DraftBatch:
+        values: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        mapped: dict[str, Any] = {k: None if v is None else fn(v) for k, v in values.items()}
+        return DraftBatch(**mapped)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> DraftBatch:
         return self._map(lambda x: x.to(device, non_blocking=non_blocking))
