@@ -73,3 +73,29 @@ def test_narrow_mix_makes_the_prompts_of_the_earlier_results(tmp_path):
         "Gus saves $4 every week. After 18 weeks Gus spends $22 on a gift. How much money is left?"
         "\nPlease reason step by step, and put your final answer within \\boxed{}.")
     assert first[2]["messages"][0]["content"] == "Explain photography to a ten-year-old in a short paragraph."
+
+
+def test_heldout_prompts_become_an_eval_directory_of_domain_stand_ins(tmp_path):
+    """heldout_prompts.py writes each domain's first n prompts under its stand-in benchmark's name, and
+    the evaluation reads them back from --data-dir as those prompts, in order, first turn only."""
+    from deepspec_core.eval.benchmarks import load_benchmark
+
+    rows = _make(tmp_path, "wide", 30)
+    out = tmp_path / "heldout-prompts"
+    subprocess.run([sys.executable, "heldout_prompts.py", str(tmp_path / "wide-0.jsonl"), "--out", str(out),
+                    "--n", "4"], cwd=EXAMPLE, check=True, capture_output=True, text=True)
+    assert sorted(p.name for p in out.iterdir()) == ["gsm8k.jsonl", "humaneval.jsonl", "mt-bench.jsonl"]
+    for domain, bench in [("math", "gsm8k"), ("code", "humaneval"), ("chat", "mt-bench")]:
+        expected = [r["messages"][0]["content"] for r in rows if r["meta"]["domain"] == domain][:4]
+        loaded = load_benchmark(bench, data_dir=out)
+        assert loaded.source == str(out / f"{bench}.jsonl")
+        assert [t[0] for t in loaded.turns] == expected
+
+
+def test_heldout_prompts_names_a_row_of_no_known_domain(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "meta": {"domain": "poetry"}}) + "\n")
+    run = subprocess.run([sys.executable, "heldout_prompts.py", str(bad), "--out", str(tmp_path / "o")],
+                         cwd=EXAMPLE, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert f"{bad}:1: meta.domain is 'poetry'" in run.stderr
