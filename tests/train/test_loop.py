@@ -185,6 +185,41 @@ def test_ctrl_c_checkpoints_exits_130_and_shows_when_validation_was_measured(mak
     assert again.resumed_from == step
 
 
+def test_ctrl_c_in_a_terminal_stops_cleanly_while_cache_workers_decode(make_spec, feature_cache, tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group, DataLoader workers included: training
+    still finishes its step, checkpoints and exits 130, with no crash (the workers ignore it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from deepspec_core.spec import save_spec
+
+    # 16 micro-batches per step: more than the workers prefetch (2 x 4), so the step after the
+    # signal needs batches that only live workers can still deliver.
+    offline = ("cache.online=false", f"cache.path='{feature_cache}'", "train.num_workers=2",
+               "train.global_batch_size=64", "train.micro_batch_size=4")
+    spec = make_spec("dflash", *offline, "train.max_steps=400", "train.save_every=400", "train.val_every=400")
+    path = tmp_path / "spec.toml"
+    save_spec(spec, path)
+    log = tmp_path / "train.log"
+    cmd = [sys.executable, "-c", "from deepspec_cli.main import main; main()", "train", str(path)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "COLUMNS": "200"})
+        deadline = time.time() + 300
+        while "training dflash" not in log.read_text() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: every process of the group
+        code = proc.wait(timeout=300)
+    text = log.read_text()
+    assert code == 130 and "unexpected" not in text, text
+    stopped = next(line for line in text.splitlines() if line.startswith("stopped at step "))
+    assert (spec.run_dir() / f"step_{int(stopped.split()[3])}").is_dir()
+
+
 def test_a_crash_in_training_leaves_its_traceback_beside_the_run(make_spec, tmp_path, monkeypatch):
     """A bug five hours in (here: the schedule raising a plain TypeError once the run directory is
     claimed) prints one line naming a crash log in the run directory, which holds the traceback."""

@@ -9,6 +9,7 @@ optimizer steps taken. Resuming skips to that step without reading what was alre
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -88,8 +89,20 @@ class StepBatchSampler(Sampler[list[int]]):
             yield from self.plan.micro_batches(step, self.rank, perm)
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """A terminal's Ctrl-C, and a scheduler's SIGTERM / SIGUSR1, reach the whole process group. The
+    main process answers them by finishing the step and checkpointing (``launch.StopRequest``), which
+    needs the batches its workers are still decoding; a worker killed by the signal would turn that
+    clean stop into a crash. The workers ignore those signals and exit when the loader closes, or
+    when the main process is gone (torch's worker watchdog)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def make_loader(dataset: Dataset, batch_sampler: Sampler, collate, num_workers: int, seed: int) -> DataLoader:
-    """A DataLoader that never touches the global RNG (its own generator), so resume stays exact."""
+    """A DataLoader that never touches the global RNG (its own generator), so resume stays exact, and
+    whose workers survive the signals that stop training cleanly (``_ignore_stop_signals``)."""
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
@@ -99,6 +112,7 @@ def make_loader(dataset: Dataset, batch_sampler: Sampler, collate, num_workers: 
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
     )
 
 
