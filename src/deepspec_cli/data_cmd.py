@@ -122,8 +122,9 @@ def prompts(
 
     from deepspec_core.demo import demo_prompts
     from deepspec_core.errors import DataError
-    from deepspec_core.io import atomic_write_text
+    from deepspec_core.io import atomic_write_text, output_file
 
+    output_file(out, "--out", DataError)
     text = "".join(json.dumps(r) + "\n" for r in demo_prompts(n))
     if out.exists() and out.read_text() != text and not overwrite:
         raise DataError(f"{out} exists with other content", "choose another --out, or pass --overwrite")

@@ -138,9 +138,13 @@ def eval_command(
 ) -> None:
     """Evaluate a trained draft: lossless speculative decoding on benchmarks → results.json, plots, table."""
     from deepspec_core.distributed import leaving_process_group
+    from deepspec_core.errors import SpecError
     from deepspec_core.eval.loading import load_draft
     from deepspec_core.eval.runner import evaluate
+    from deepspec_core.io import output_dir
 
+    if out:  # before the draft loads (evaluate checks again for library callers with a loaded draft)
+        output_dir(out, "--out", SpecError)
     # load_draft joins the group under torchrun / SLURM; every process leaves it before exiting.
     with leaving_process_group(), progress_for(console) as progress:
         loaded = load_draft(draft, target, device, draft_dtype)

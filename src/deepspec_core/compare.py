@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from deepspec_core.errors import DataError
 from deepspec_core.eval.metrics import SCHEMA_VERSION, EvalResults, Protocol
 from deepspec_core.eval.plots import save_figure
-from deepspec_core.io import atomic_write_json, atomic_write_text
+from deepspec_core.io import atomic_write_json, atomic_write_text, output_dir
 
 DOMAINS = ("math", "code", "chat")
 
@@ -430,10 +430,10 @@ def compare(
 ) -> tuple[Comparison, list[Path]]:
     """Load, check and compare; write report.md, summary.json and plots to ``out_dir`` when given.
     An item of ``paths`` that is a sequence gives one draft's replicas (see the module docstring)."""
+    out = None if out_dir is None else output_dir(out_dir, "--out", DataError)
     c = build_comparison(load_entries(paths), baseline, allow_protocol_mismatch)
     written: list[Path] = []
-    if out_dir is not None:
-        out = Path(out_dir).expanduser()
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "report.md", markdown_report(c))
         atomic_write_json(out / "summary.json", summary_json(c))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from deepspec_core.errors import SpecError
+from deepspec_core.io import output_dir
 from deepspec_core.progress import Progress, as_progress
 from deepspec_core.spec import RunSpec, algorithms, load_spec
 
@@ -132,9 +133,7 @@ def run_demo(
     n_seeds = b.seeds if seeds is None else seeds
     if n_seeds < 1:
         raise SpecError(f"--seeds {n_seeds} must be at least 1", "pass --seeds 1 (one training run per algorithm) or more")
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise SpecError(f"--out {out} is a file", "give a directory (it is created if missing)")
+    out = output_dir(out_dir, "--out", SpecError).resolve()
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out)

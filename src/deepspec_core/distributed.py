@@ -67,9 +67,29 @@ def detect_env(environ: dict[str, str] | None = None) -> DistEnv:
     return DistEnv()
 
 
+def explicit_device(device: str) -> torch.device:
+    """A ``--device`` the user named (not "auto"), checked against what this torch can use.
+
+    Raises SpecError for a string that is no device, or a CUDA device this machine does not have."""
+    from deepspec_core.errors import SpecError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise SpecError(f"--device {device!r} is not a device", "use auto, cpu, cuda or cuda:N") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "no CUDA device is visible" if torch.version.cuda else f"this torch ({torch.__version__}) is a CPU build"
+            raise SpecError(f"--device {device}: {why}", "use --device cpu (or auto, which picks the GPU where there is one)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SpecError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible",
+                            f"use cuda:0 … cuda:{torch.cuda.device_count() - 1}")
+    return dev
+
+
 def pick_device(env: DistEnv, device: str = "auto") -> torch.device:
     if device != "auto":
-        return torch.device(device)
+        return explicit_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda", env.local_rank % torch.cuda.device_count())
     return torch.device("cpu")

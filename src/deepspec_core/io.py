@@ -1,4 +1,4 @@
-"""Small file helpers: atomic writes and content hashes."""
+"""Small file helpers: atomic writes, content hashes, and output paths checked before any work."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from deepspec_core.errors import DeepspecError
 
 
 @contextmanager
@@ -70,3 +72,21 @@ def files_fingerprint(directory: Path | str, patterns: tuple[str, ...], samples:
                 f.seek(max(size - block, 0) * k // max(samples - 1, 1))
                 h.update(f.read(block))
     return h.hexdigest()[:16]
+
+
+def output_dir(path: Path | str, what: str, error: type[DeepspecError]) -> Path:
+    """``path`` as an output directory, refused with ``error`` where a file stands, so a command
+    fails before it computes anything rather than when it first writes. ``what`` names it in the
+    message (``"--out"``, ``"cache directory"``)."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise error(f"{what} {p} is a file", "give a directory (it is created if missing)")
+    return p
+
+
+def output_file(path: Path | str, what: str, error: type[DeepspecError]) -> Path:
+    """``path`` as an output file, refused with ``error`` where a directory stands (see ``output_dir``)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise error(f"{what} {p} is a directory", "give the path of a file to write, e.g. data/train.jsonl")
+    return p

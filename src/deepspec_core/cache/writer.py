@@ -34,7 +34,7 @@ from deepspec_core.cache.codecs import Codec, get_codec
 from deepspec_core.data.conversations import require_eval_files
 from deepspec_core.data.tokenize import LOSS_MASK_VERSION, no_samples_error
 from deepspec_core.errors import CacheError, DataError
-from deepspec_core.io import atomic_path, atomic_write_json, sha256_file
+from deepspec_core.io import atomic_path, atomic_write_json, output_dir, sha256_file
 from deepspec_core.progress import Progress, Stage, as_progress
 from deepspec_core.spec import check_against_target
 
@@ -406,6 +406,20 @@ def finalize_cache(
 # -- from a run spec -----------------------------------------------------------------------------
 
 
+def check_cache_dir(path: Path | str) -> Path:
+    """Where a cache is to be written: a new or empty directory, or one holding a cache (finished or
+    not, which is then resumed or checked). A file, or a directory of other files, is refused with
+    CacheError before the target loads; nothing there is touched."""
+    out = output_dir(path, "cache directory", CacheError)
+    ours = (fmt.PLAN, fmt.MANIFEST, fmt.SHARDS, fmt.INDEX)
+    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in ours):
+        raise CacheError(
+            f"cache directory {out} holds other files and no feature cache",
+            "choose a new or empty directory (--out or cache.path), or the directory of an earlier cache to resume it",
+        )
+    return out
+
+
 def build_cache(
     spec: Any,
     out_dir: Path | str | None = None,
@@ -429,6 +443,7 @@ def build_cache(
     require_eval_files(heldout)
     files += heldout  # the validation files, cached after the training ones
     codec_obj = get_codec(codec or spec.cache.codec)  # fail on a bad name before loading anything
+    out_dir = check_cache_dir(out_dir or spec.cache_dir())
     sources = source_entries(files)
     rank, world = rank_and_world()
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
@@ -436,7 +451,6 @@ def build_cache(
     progress.log("loading target…")
     target = hf.load_target_from_spec(spec.target, device=device)
     hidden = int(hf.text_config(target.config).hidden_size)
-    out_dir = Path(out_dir or spec.cache_dir())
     head: torch.Tensor = target.model.get_output_embeddings().weight  # type: ignore[operator]
     softcap = getattr(hf.text_config(target.config), "final_logit_softcapping", None)
     summary = {"dtype": str(head.dtype).removeprefix("torch."), "softcap": softcap} if target_summary else None

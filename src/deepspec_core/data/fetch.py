@@ -17,7 +17,7 @@ from typing import Any
 
 from deepspec_core.data.conversations import BadRow, content_hash, dumps, make_conversation, normalize_row
 from deepspec_core.errors import DataError
-from deepspec_core.io import atomic_path, atomic_write_json, sha256_file
+from deepspec_core.io import atomic_path, atomic_write_json, output_file, sha256_file
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -200,7 +200,7 @@ def fetch(
     exist from another fetch, unless ``overwrite``."""
     if test_size < 0:
         raise DataError(f"--test-size must be >= 0, got {test_size}", "0.05 holds out 5%; 100 holds out 100 rows")
-    out = Path(out)
+    out = output_file(out, "--out", DataError)
     rows = iter_source(source, subset, split, limit)  # a missing file fails here, before the outputs are checked
     record = _provenance(source, subset, split, test_size, limit, seed)
     _check_outputs(out, record, overwrite)

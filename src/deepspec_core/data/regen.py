@@ -31,7 +31,7 @@ from typing import Any
 from deepspec_core.data.backend import Backend, Outcome, Sampling
 from deepspec_core.data.conversations import dumps, read_conversations
 from deepspec_core.errors import DataError
-from deepspec_core.io import atomic_path, atomic_write_json, sha256_file
+from deepspec_core.io import atomic_path, atomic_write_json, output_file, sha256_file
 from deepspec_core.progress import Progress, as_progress
 
 # -- resume and ordered output ---------------------------------------------------------------------
@@ -324,7 +324,9 @@ def run_regen(
     regenerate; an output made from another input or sampling is refused before anything loads."""
     regen = settings.regen
     if not Path(in_path).is_file():
-        raise DataError(f"input file {in_path} does not exist", "create it with `deepspec data fetch`")
+        why = "is not a regular file" if Path(in_path).exists() else "does not exist"
+        raise DataError(f"input file {in_path} {why}", "create it with `deepspec data fetch`")
+    output_file(out_path, "--out", DataError)
     sampling = Sampling.from_spec(regen)
     _check_provenance(Path(out_path), _provenance(Path(in_path), sampling, settings.thinking, settings.target), overwrite)
     backend: Backend

@@ -40,7 +40,7 @@ from deepspec_core.eval.loading import (
     eos_token_ids,
     load_draft,
 )
-from deepspec_core.io import atomic_write_json, atomic_write_text
+from deepspec_core.io import atomic_write_json, atomic_write_text, output_dir
 from deepspec_core.progress import NullStage, Progress, Stage, as_progress
 from deepspec_core.specbase import check_draft_length
 
@@ -278,9 +278,11 @@ def evaluate(
     decoding dtype (:func:`~deepspec_core.eval.loading.decode_draft_dtype`; ignored for a draft
     already loaded). ``progress`` reports each
     benchmark as a stage (:mod:`deepspec_core.progress`). Raises SpecError for an unknown policy
-    and DataError when calibration has no held-out prompts."""
+    and DataError when calibration has no held-out prompts, or an ``out_dir`` that is a file."""
     from deepspec_core.distributed import detect_env
 
+    if out_dir:  # before the draft loads and the benchmarks decode, not when results are written
+        output_dir(out_dir, "--out", SpecError)
     env = detect_env()
     reporter = as_progress(progress if env.is_main else False)  # one process reports
     loaded = draft if isinstance(draft, LoadedDraft) else load_draft(draft, target, device, draft_dtype)

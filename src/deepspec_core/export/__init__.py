@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from deepspec_core.errors import ExportError
+from deepspec_core.io import output_dir
 
 from . import layouts
 from .speculators import rename, sglang_export, sglang_rename, vllm_export
@@ -83,8 +84,7 @@ def is_export(path: Path) -> bool:
 def _check_out(out: Path, step: Path, overwrite: bool) -> Path:
     """``--out``: a new or empty directory, or (with ``overwrite``) a previous export — never a file,
     a directory holding anything else, the checkpoint itself or a directory above it."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} is a file", "give a directory (it is created if missing)")
+    output_dir(out, "--out", ExportError)
     resolved, source = out.resolve(), step.resolve()
     if resolved == source or resolved in source.parents:
         raise ExportError(f"--out {out} holds the checkpoint being exported", "choose a directory outside the run")

@@ -60,9 +60,12 @@ def resolve_model(name: str) -> str:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" (the GPU where there is one), else the named device, checked (SpecError when unusable)."""
+    from deepspec_core.distributed import explicit_device
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return explicit_device(device)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from deepspec_core.errors import TargetError
+from deepspec_core.io import output_dir
 
 # GGUF architectures whose transformers classes expose `model.layers` and `model.norm`, i.e. what
 # the capture function and the drafts support.
@@ -103,7 +104,7 @@ def import_target(source: str | Path, out_dir: str | Path, gguf_file: str | None
 
     start = time.perf_counter()
     src = Path(source).expanduser()
-    out = Path(out_dir).expanduser()
+    out = output_dir(out_dir, "--out", TargetError)
     if dtype not in _DTYPES:
         raise TargetError(f"--dtype {dtype!r} is not supported", f"choose one of: {', '.join(_DTYPES)}")
     if not src.exists():

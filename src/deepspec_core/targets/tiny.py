@@ -24,6 +24,7 @@ from typing import Any
 from deepspec_core import paths
 from deepspec_core.errors import TargetError
 from deepspec_core.hardware import cpu_has_fast_bf16
+from deepspec_core.io import output_dir
 from deepspec_core.progress import Progress, as_progress
 from deepspec_core.targets import tiny_data as td
 
@@ -278,7 +279,7 @@ def build_tiny_target(
     from transformers import GenerationConfig, Qwen3ForCausalLM
 
     r = _recipe(size)
-    out = Path(out_dir)
+    out = output_dir(out_dir, "--out", TargetError)
     if out.exists() and any(out.iterdir()) and not (out / INFO_FILE).exists():
         raise TargetError(
             f"{out} is not empty and is not a tiny target build",
