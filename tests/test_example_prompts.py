@@ -92,10 +92,26 @@ def test_heldout_prompts_become_an_eval_directory_of_domain_stand_ins(tmp_path):
         assert [t[0] for t in loaded.turns] == expected
 
 
-def test_heldout_prompts_names_a_row_of_no_known_domain(tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "meta": {"domain": "poetry"}}) + "\n")
-    run = subprocess.run([sys.executable, "heldout_prompts.py", str(bad), "--out", str(tmp_path / "o")],
-                         cwd=EXAMPLE, capture_output=True, text=True)
-    assert run.returncode != 0
-    assert f"{bad}:1: meta.domain is 'poetry'" in run.stderr
+def test_the_example_scripts_answer_bad_arguments_in_one_line_and_keep_what_exists(tmp_path):
+    """Each helper script names the argument at fault, without a traceback, and overwrites nothing."""
+    row = {"messages": [{"role": "user", "content": "hi"}], "meta": {"domain": "poetry"}}
+    (tmp_path / "poetry.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "broken.jsonl").write_text(json.dumps({**row, "meta": {"domain": "chat"}}) + "\n{oops\n")
+    (tmp_path / "precious.jsonl").write_text("mine\n")
+    (tmp_path / "adir").mkdir()
+    t = str(tmp_path)
+    cases = [
+        (["heldout_prompts.py", f"{t}/poetry.jsonl", "--out", f"{t}/o"], f"{t}/poetry.jsonl:1: meta.domain is 'poetry'"),
+        (["heldout_prompts.py", f"{t}/broken.jsonl", "--out", f"{t}/o"], f"{t}/broken.jsonl:2 is not valid JSON"),
+        (["heldout_prompts.py", f"{t}/missing.jsonl", "--out", f"{t}/o"], f"{t}/missing.jsonl is not a file"),
+        (["heldout_prompts.py", f"{t}/poetry.jsonl", "--out", f"{t}/precious.jsonl"], "is a file"),
+        (["make_prompts.py", "--out", f"{t}/precious.jsonl", "--n", "6"], "holds other prompts"),
+        (["make_prompts.py", "--out", f"{t}/adir", "--n", "6"], "is a directory"),
+        (["make_prompts.py", "--out", f"{t}/new.jsonl", "--n", "0"], "--n 0: ask for at least one prompt"),
+        (["vocab_coverage.py", f"{t}/adir", f"{t}/adir"], "holds no model.safetensors"),
+    ]
+    for args, expected in cases:
+        run = subprocess.run([sys.executable, *args], cwd=EXAMPLE, capture_output=True, text=True)
+        assert run.returncode != 0 and expected in run.stderr and "Traceback" not in run.stderr, (args, run.stderr)
+    assert (tmp_path / "precious.jsonl").read_text() == "mine\n"
+    assert not (tmp_path / "new.jsonl").exists() and not (tmp_path / "o").exists()

@@ -27,12 +27,21 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="directory for <benchmark>.jsonl files")
     ap.add_argument("--n", type=int, default=20, help="prompts per domain (the first n in file order)")
     args = ap.parse_args()
+    if not args.prompts.is_file():
+        raise SystemExit(f"{args.prompts} is not a file: give make_prompts.py's held-out split, e.g. work/data/train.heldout.jsonl")
+    if args.out.exists() and not args.out.is_dir():
+        raise SystemExit(f"--out {args.out} is a file: give a directory (it is created if missing)")
+    if args.n < 1:
+        raise SystemExit(f"--n {args.n}: ask for at least one prompt per domain")
     by_domain: dict[str, list[str]] = {d: [] for d in STAND_IN}
     for lineno, line in enumerate(args.prompts.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        domain = row.get("meta", {}).get("domain")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"{args.prompts}:{lineno} is not valid JSON ({err.msg})") from None
+        domain = row.get("meta", {}).get("domain") if isinstance(row, dict) else None
         if domain not in STAND_IN:
             raise SystemExit(f"{args.prompts}:{lineno}: meta.domain is {domain!r}; expected one of {sorted(STAND_IN)}")
         users = [m["content"] for m in row["messages"] if m["role"] == "user"]

@@ -182,30 +182,37 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=600, help="prompts in all (split evenly over math, code, chat)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mix", choices=["wide", "narrow"], default="wide", help="the template pools (see the module doc)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out that holds other prompts")
     args = ap.parse_args()
+    if args.n < 1:
+        raise SystemExit(f"--n {args.n}: ask for at least one prompt")
+    if args.out.is_dir():
+        raise SystemExit(f"--out {args.out} is a directory: give the path of a file, e.g. work/data/prompts.jsonl")
     rng = random.Random(args.seed)
     functions = stdlib_functions()
     if args.mix == "wide":
         makers = [("math", wide_math), ("code", lambda r: wide_code(r, functions)), ("chat", wide_chat)]
     else:
         makers = [("math", math_prompt), ("code", lambda r: code_prompt(r, functions)), ("chat", chat_prompt)]
-    seen, rows, dropped, tries = benchmark_prompts(), [], 0, 0
+    seen, rows, dropped, in_a_row = benchmark_prompts(), [], 0, 0
     while len(rows) < args.n:
-        tries += 1
-        if tries > 50 * args.n:
-            raise SystemExit(f"--n {args.n}: the {args.mix} mix ran out of distinct prompts; ask for fewer")
         domain, make = makers[len(rows) % 3]
         text = make(rng)
         if _norm(text) in seen:
-            dropped += 1
+            dropped, in_a_row = dropped + 1, in_a_row + 1
+            if in_a_row > 5000:  # the pools are finite: thousands of repeats in a row mean they are spent
+                raise SystemExit(f"--n {args.n}: the {args.mix} mix ran out of distinct {domain} prompts after "
+                                 f"{len(rows)}; ask for fewer")
             continue
+        in_a_row = 0
         seen.add(_norm(text))
         rows.append({"id": f"{domain}-{len(rows):05d}", "messages": [{"role": "user", "content": text}],
                      "meta": {"domain": domain}})
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    if args.out.is_file() and args.out.read_text() != text and not args.overwrite:
+        raise SystemExit(f"{args.out} holds other prompts: choose another --out, or pass --overwrite")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    args.out.write_text(text)
     print(f"wrote {len(rows)} prompts ({args.mix} mix) to {args.out}; {dropped} repeats or benchmark prompts skipped")
 
 

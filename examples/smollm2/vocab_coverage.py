@@ -22,6 +22,12 @@ def main() -> None:
     ap.add_argument("checkpoint", type=Path, help="draft checkpoint directory (holds model.safetensors)")
     ap.add_argument("outputs", type=Path, help="directory of <benchmark>.jsonl files from eval --save-outputs")
     args = ap.parse_args()
+    if (args.checkpoint / "step_latest").is_dir():  # a run directory: its latest checkpoint
+        args.checkpoint = args.checkpoint / "step_latest"
+    if not (args.checkpoint / "model.safetensors").is_file():
+        raise SystemExit(f"{args.checkpoint} holds no model.safetensors: give a run directory or its step_<N> directory")
+    if not args.outputs.is_dir():
+        raise SystemExit(f"{args.outputs} is not a directory: run `deepspec eval --save-outputs` and give its outputs/")
     with safe_open(str(args.checkpoint / "model.safetensors"), framework="pt") as f:
         if "t2d" not in f.keys():
             raise SystemExit(f"{args.checkpoint} uses the full vocabulary: every token can be drafted")
