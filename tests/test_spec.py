@@ -112,11 +112,21 @@ def test_bad_values_name_the_field(override, field, says):
     text = str(info.value)
     assert field in text and says in text
     assert "\n" not in info.value.message
+    assert "Value error" not in text and "(spec)" not in text  # pydantic's wording stays inside
+
+
+def test_a_check_across_fields_reads_as_one_sentence():
+    with pytest.raises(SpecError) as info:
+        load_spec("tiny-dflash", ["train.global_batch_size=6", "train.micro_batch_size=4"])
+    assert info.value.message == ("preset tiny-dflash with --set: train.global_batch_size (6) must be a multiple "
+                                  "of train.micro_batch_size (4)")
 
 
 def test_bad_files(tmp_path):
     with pytest.raises(SpecError, match="does not exist"):
         load_spec(str(tmp_path / "missing.toml"))
+    with pytest.raises(SpecError, match=f"spec {tmp_path} is a directory"):
+        load_spec(str(tmp_path))
     bad = tmp_path / "bad.toml"
     bad.write_text("name = \n")
     with pytest.raises(SpecError, match="not valid TOML"):

@@ -69,6 +69,11 @@ def cache(
     from deepspec_core.spec import load_spec
 
     resolved = load_spec(spec, set_)
+    if not estimate and (tokens is not None or sample is not None):  # else a full cache would run unasked
+        from deepspec_core.errors import SpecError
+
+        given = "--tokens" if tokens is not None else "--sample"
+        raise SpecError(f"{given} only sizes an estimate", f"add --estimate, or drop {given} to build the cache")
     if estimate:
         _print_estimate(estimate_cache(resolved, inputs or None, sample, int(tokens) if tokens else None))
         return

@@ -399,10 +399,13 @@ def _format_validation_error(err: ValidationError, source: str, data: dict[str, 
     elif first["type"] == "unknown_algo":
         field = "draft.algo"
         hint = f"choose one of: {', '.join(algorithms())}"
+    elif first["type"] == "value_error":  # our validators' own words; across fields they name the fields
+        msg = msg.removeprefix("Value error, ")
     elif "input" in first and not isinstance(first["input"], (dict, list)):
         msg = f"{msg} (got {first['input']!r})"
     extra = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
-    return SpecError(f"{source}: {field}: {msg}{extra}", hint)
+    where = f"{field}: " if loc or first["type"] != "value_error" else ""
+    return SpecError(f"{source}: {where}{msg}{extra}", hint)
 
 
 def _model_at(loc: list[str], data: Any) -> type[BaseModel] | None:
@@ -478,6 +481,8 @@ def load_spec(path_or_preset: str | Path, overrides: list[str] | None = None) ->
     name = str(path_or_preset)
     path = Path(name).expanduser()
     if path.suffix == ".toml" or path.exists():
+        if path.is_dir():
+            raise SpecError(f"spec {name} is a directory", "give a .toml spec file, or a preset name")
         if not path.is_file():
             raise SpecError(f"spec file {name} does not exist", f"presets: {', '.join(presets.names())}")
         try:

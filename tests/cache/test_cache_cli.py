@@ -145,3 +145,8 @@ def test_a_stale_cache_is_refused_with_what_changed(setup, tiny_target, tmp_path
     assert f"training file {data} changed since it was built" in " ".join(res.output.split()), res.output
     res = runner.invoke(app, ["train", "tiny-dflash", *common, "--allow-stale-cache"])
     assert res.exit_code == 0, res.output
+
+    typo = tmp_path / "trian.jsonl"  # a misspelt data.train: the file that is not there is named
+    res = runner.invoke(app, ["train", "tiny-dflash", *common, "--set", f"data.train=['{typo}']",
+                              "--set", f"output.root='{tmp_path / 'other-runs'}'"])
+    assert res.exit_code == 1 and f"(of which {typo} does not exist)" in " ".join(res.output.split()), res.output

@@ -1,6 +1,7 @@
 """Every command's output path of the wrong kind — a file where a directory goes, a directory where
-a file goes, a directory of someone else's files for a cache — and a device this machine lacks: one
-line naming the option and the path, before any work, and what was there is left as it was."""
+a file goes, a directory of someone else's files for a cache —, a device this machine lacks, and
+an estimate's option without --estimate: one line naming the option and the path, before any work,
+and what was there is left as it was."""
 
 from __future__ import annotations
 
@@ -82,3 +83,9 @@ def test_a_cuda_device_on_a_machine_without_one_is_one_line(tmp_path, chat_file,
               "--device", "cuda"], "--device cuda:")
     _refused(["data", "regen", "--in", str(chat_file), "--out", str(tmp_path / "o.jsonl"), "--target", str(tiny_target),
               "--device", "gpu"], "--device 'gpu' is not a device")
+
+
+@pytest.mark.parametrize("flag", [["--tokens", "1e9"], ["--sample", "10"]])
+def test_an_estimate_option_without_estimate_does_not_start_a_cache(flag, tmp_path, cache_spec):
+    _refused(["data", "cache", str(cache_spec), "--out", str(tmp_path / "c"), *flag], f"{flag[0]} only sizes an estimate")
+    assert not (tmp_path / "c").exists()

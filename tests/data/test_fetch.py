@@ -83,6 +83,13 @@ def test_fetch_errors(tmp_path):
     with pytest.raises(DataError, match="no usable conversation"):
         fetch(str(bad), tmp_path / "o.jsonl")
     assert not (tmp_path / "o.jsonl").exists()
+    ten = tmp_path / "ten.json"
+    ten.write_text(json.dumps([{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(10)]))
+    for count in (10, 1000):  # a held-out count of every row or more: nothing left to train on
+        with pytest.raises(DataError, match=f"--test-size {count} would hold out every row: .* has 10 usable"):
+            fetch(str(ten), tmp_path / "o.jsonl", test_size=count)
+    assert not (tmp_path / "o.jsonl").exists()
+    assert fetch(str(ten), tmp_path / "o.jsonl", test_size=9).heldout_count == 9
 
 
 def test_fetch_cli_prints_summary(sharegpt_file, tmp_path):

@@ -158,5 +158,6 @@ def test_offline_a_hub_benchmark_fails_at_once_naming_the_packaged_prompts(tmp_p
         with pytest.raises(DataError, match="aime25 .* the Hugging Face hub is unreachable") as info:
             bm.load_benchmark("aime25", tmp_path)
         assert "--data-dir packaged" in info.value.hint
+        assert info.value.message.startswith(f"--data-dir {tmp_path} has no aime25.jsonl, and cannot fetch")
     finally:
         hub_reachable.cache_clear()

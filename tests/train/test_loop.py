@@ -150,6 +150,21 @@ def test_a_reduced_vocabulary_is_the_most_frequent_supervised_training_tokens(ma
     assert f"cover {covered:.1%} of the training targets" in " ".join(messages)
 
 
+@pytest.mark.parametrize("algo", ["dflash", "dspark"])
+def test_a_block_draft_without_a_mask_token_is_told_at_the_start_that_engines_cannot_load_it(make_spec, algo,
+                                                                                               tmp_path):
+    """Without target.mask_token_id the draft learns its own mask embedding, which `deepspec export`
+    refuses for vLLM / SGLang: training says so before the first step, not after the last."""
+    spec = make_spec(algo, "train.max_steps=1", "train.val_samples=0")
+    unset = spec.model_copy(update={"target": spec.target.model_copy(update={"mask_token_id": None})})
+    told: list[str] = []
+    train(unset, _quiet(told))
+    assert any(m.startswith("note: target.mask_token_id is unset") for m in told), told
+    quiet: list[str] = []
+    train(make_spec(algo, "train.max_steps=1", "train.val_samples=0", root=tmp_path / "set"), _quiet(quiet))
+    assert not any("mask_token_id" in m for m in quiet), quiet
+
+
 def test_ctrl_c_checkpoints_exits_130_and_shows_when_validation_was_measured(make_spec, tmp_path):
     """`deepspec train` with its output in a file: Ctrl-C finishes the step, checkpoints, prints on a
     line of its own, reports the last validation with its step, and exits 130; a rerun resumes."""

@@ -63,7 +63,9 @@ def stale_reasons(manifest: dict[str, Any], spec: Any) -> list[str]:
             reasons.append(f"training file {src['path']} changed since it was built")
     wanted = [*map(str, spec.data.train), *map(str, spec.data.eval)]
     if sources and spec.data.train and sorted(wanted) != sorted(src["path"] for src in sources):
-        reasons.append(f"it was built from {[s['path'] for s in sources]}, the run reads {wanted}")
+        missing = [w for w in wanted if not Path(w).expanduser().exists()]
+        reasons.append(f"it was built from {[s['path'] for s in sources]}, the run reads {wanted}"
+                       + (f" (of which {', '.join(missing)} does not exist)" if missing else ""))
     return reasons
 
 

@@ -210,6 +210,9 @@ def fetch(
         reasons = ", ".join(f"{r}: {n}" for r, n in result.dropped.most_common(3)) or "the source is empty"
         raise DataError(f"no usable conversation in {source} ({result.rows_in} rows; {reasons})",
                         "expected ShareGPT 'conversations', OpenAI 'messages' or {'turns': [...]} rows")
+    if test_size >= 1 and int(test_size) >= len(convs):  # a count: it would leave (almost) nothing to train on
+        raise DataError(f"--test-size {int(test_size)} would hold out every row: {source} has {len(convs)} usable "
+                        "conversations", "ask for a count below that, or a fraction such as 0.05")
     held = split_heldout(len(convs), test_size, seed)
     result.kept = len(convs)
     result.heldout_count = len(held)

@@ -279,7 +279,12 @@ def load_benchmark(
     if path is not None and path.is_file():
         rows, source = read_turns_file(path), str(path)
     else:
-        rows, source = fetch_turns(bench), f"hub:{bench.source.describe()}"
+        try:
+            rows, source = fetch_turns(bench), f"hub:{bench.source.describe()}"
+        except DataError as err:  # say first what the user's own directory lacks
+            if path is None:
+                raise
+            raise DataError(f"--data-dir {data_dir} has no {name}.jsonl, and {err.message}", err.hint) from err
     idx = select(len(rows), bench.num_samples, subset_seed)
     if limit is not None:
         idx = idx[:limit]

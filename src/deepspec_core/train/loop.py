@@ -230,6 +230,11 @@ def _train(spec: RunSpec, rt: Runtime, env: DistEnv, device: torch.device) -> Tr
             f"training {spec.draft.algo} → {run.path}: {sched.total_steps} steps, {num_train} samples, "
             f"{draft.num_trainable_parameters():,} trainable parameters, {env.world_size} process(es) on {device.type}"
         )
+        if getattr(draft, "mask_embedding", None) is not None:  # found at export time, it would mean retraining
+            say(
+                "note: target.mask_token_id is unset, so this draft learns its own mask embedding, which vLLM and "
+                "SGLang cannot load; to serve it there, set target.mask_token_id to an unused token id of the target"
+            )
 
     if env.is_main and device.type == "cpu" and spec.train.mixed_precision == "bf16" and not cpu_has_fast_bf16():
         say(
