@@ -60,7 +60,7 @@ def resolve_model(name: str) -> str:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" (the GPU where there is one), else the named device, checked (SpecError when unusable)."""
+    """The GPU where there is one for "auto", else the named device, checked (SpecError when unusable)."""
     from deepspec_core.distributed import explicit_device
 
     if device == "auto":
