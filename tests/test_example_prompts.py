@@ -94,15 +94,15 @@ def test_heldout_prompts_become_an_eval_directory_of_domain_stand_ins(tmp_path):
 
 def test_the_example_scripts_answer_bad_arguments_in_one_line_and_keep_what_exists(tmp_path):
     """Each helper script names the argument at fault, without a traceback, and overwrites nothing."""
-    row = {"messages": [{"role": "user", "content": "hi"}], "meta": {"domain": "poetry"}}
+    row = {"id": "p0", "messages": [{"role": "user", "content": "hi"}], "meta": {"domain": "poetry"}}
     (tmp_path / "poetry.jsonl").write_text(json.dumps(row) + "\n")
     (tmp_path / "broken.jsonl").write_text(json.dumps({**row, "meta": {"domain": "chat"}}) + "\n{oops\n")
     (tmp_path / "precious.jsonl").write_text("mine\n")
     (tmp_path / "adir").mkdir()
     t = str(tmp_path)
     cases = [
-        (["heldout_prompts.py", f"{t}/poetry.jsonl", "--out", f"{t}/o"], f"{t}/poetry.jsonl:1: meta.domain is 'poetry'"),
-        (["heldout_prompts.py", f"{t}/broken.jsonl", "--out", f"{t}/o"], f"{t}/broken.jsonl:2 is not valid JSON"),
+        (["heldout_prompts.py", f"{t}/poetry.jsonl", "--out", f"{t}/o"], f"{t}/poetry.jsonl: row 1: meta.domain is 'poetry'"),
+        (["heldout_prompts.py", f"{t}/broken.jsonl", "--out", f"{t}/o"], f"{t}/broken.jsonl:2: invalid JSON"),
         (["heldout_prompts.py", f"{t}/missing.jsonl", "--out", f"{t}/o"], f"{t}/missing.jsonl is not a file"),
         (["heldout_prompts.py", f"{t}/poetry.jsonl", "--out", f"{t}/precious.jsonl"], "is a file"),
         (["make_prompts.py", "--out", f"{t}/precious.jsonl", "--n", "6"], "holds other prompts"),

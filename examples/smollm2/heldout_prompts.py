@@ -18,6 +18,9 @@ import argparse
 import json
 from pathlib import Path
 
+from deepspec_core.data.conversations import read_conversations
+from deepspec_core.errors import DataError
+
 STAND_IN = {"math": "gsm8k", "code": "humaneval", "chat": "mt-bench"}
 
 
@@ -34,19 +37,16 @@ def main() -> None:
     if args.n < 1:
         raise SystemExit(f"--n {args.n}: ask for at least one prompt per domain")
     by_domain: dict[str, list[str]] = {d: [] for d in STAND_IN}
-    for lineno, line in enumerate(args.prompts.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"{args.prompts}:{lineno} is not valid JSON ({err.msg})") from None
-        domain = row.get("meta", {}).get("domain") if isinstance(row, dict) else None
-        if domain not in STAND_IN:
-            raise SystemExit(f"{args.prompts}:{lineno}: meta.domain is {domain!r}; expected one of {sorted(STAND_IN)}")
-        users = [m["content"] for m in row["messages"] if m["role"] == "user"]
-        if len(by_domain[domain]) < args.n and users:
-            by_domain[domain].append(users[0])
+    try:  # the project's reader: it validates each row and names the line at fault
+        for i, row in enumerate(read_conversations(args.prompts), 1):
+            domain = row.get("meta", {}).get("domain")
+            if domain not in STAND_IN:
+                raise SystemExit(f"{args.prompts}: row {i}: meta.domain is {domain!r}; expected one of {sorted(STAND_IN)}")
+            users = [m["content"] for m in row["messages"] if m["role"] == "user"]
+            if len(by_domain[domain]) < args.n and users:
+                by_domain[domain].append(users[0])
+    except DataError as err:
+        raise SystemExit(err.message) from None
     args.out.mkdir(parents=True, exist_ok=True)
     for domain, turns in by_domain.items():
         if not turns:
